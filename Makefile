@@ -1,0 +1,41 @@
+# Every target does its own setup: a fresh clone needs only python3 (>= 3.11) and make.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.dbkeel-installed
+
+.PHONY: install demo test lint typecheck pytest bench services clean
+
+$(STAMP): pyproject.toml
+	@if ! $(PYTHON) -m uv --version >/dev/null 2>&1; then $(PYTHON) -m pip install -q uv; fi
+	$(PYTHON) -m uv venv -q --allow-existing -p $(PYTHON) $(VENV)
+	$(PYTHON) -m uv pip install -q -p $(BIN)/python -e '.[dev]'
+	@touch $@
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/dbkeel demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy --strict src/dbkeel
+
+pytest: $(STAMP) services
+	$(BIN)/pytest
+
+test: lint typecheck pytest
+
+# Start PostgreSQL and MariaDB if they are not running (the CI machine starts them, but a
+# stopped one is started again here rather than failing the run).
+services:
+	@bash .ci/services
+
+bench: $(STAMP) services
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache dbkeel.sqlite3*

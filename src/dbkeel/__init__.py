@@ -1,0 +1,49 @@
+"""dbkeel: the production database layer for async services on SQLAlchemy 2.1.
+
+Example::
+
+    from dbkeel import DatabaseManager
+
+    async with DatabaseManager() as db:           # settings from DATABASE_URL etc.
+        async with db.get_session() as session:
+            ...
+"""
+
+from dbkeel.exceptions import CommitOutcomeUnknownError as CommitOutcomeUnknownError
+from dbkeel.exceptions import ConcurrentUpdateError as ConcurrentUpdateError
+from dbkeel.exceptions import ConfigurationError as ConfigurationError
+from dbkeel.exceptions import DatabaseError as DatabaseError
+from dbkeel.exceptions import DatabaseUnavailableError as DatabaseUnavailableError
+from dbkeel.exceptions import DbkeelError as DbkeelError
+from dbkeel.exceptions import DecryptionError as DecryptionError
+from dbkeel.exceptions import InvalidValueError as InvalidValueError
+from dbkeel.exceptions import ManagerStateError as ManagerStateError
+from dbkeel.exceptions import MissingDependencyError as MissingDependencyError
+from dbkeel.exceptions import PoolExhaustedError as PoolExhaustedError
+from dbkeel.exceptions import RetryableError as RetryableError
+from dbkeel.manager import DatabaseManager as DatabaseManager
+from dbkeel.settings import DatabaseSettings as DatabaseSettings
+
+__version__ = "0.1.0"
+
+#: The design's module-level convenience instance. Its settings are read from the
+#: environment when ``await db_manager.initialize()`` runs; nothing in dbkeel uses it.
+db_manager = DatabaseManager()
+
+__all__ = [
+    "CommitOutcomeUnknownError",
+    "ConcurrentUpdateError",
+    "ConfigurationError",
+    "DatabaseError",
+    "DatabaseManager",
+    "DatabaseSettings",
+    "DatabaseUnavailableError",
+    "DbkeelError",
+    "DecryptionError",
+    "InvalidValueError",
+    "ManagerStateError",
+    "MissingDependencyError",
+    "PoolExhaustedError",
+    "RetryableError",
+    "db_manager",
+]

@@ -1,0 +1,5 @@
+"""``python -m dbkeel``: the same as the ``dbkeel`` command."""
+
+from dbkeel.cli import main
+
+main()

@@ -1,0 +1,87 @@
+"""The one place where driver and SQLAlchemy errors become dbkeel errors.
+
+Used by the manager's ``get_session()``, the retry helper and bulk writes, so that a
+given failure is reported the same way whichever path it took.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+import sqlalchemy.exc
+from sqlalchemy.orm.exc import StaleDataError
+
+from dbkeel.exceptions import ConcurrentUpdateError, DbkeelError, PoolExhaustedError
+
+if TYPE_CHECKING:
+    from sqlalchemy.pool import Pool
+
+__all__ = ["mysql_errno", "sqlstate", "translate_errors"]
+
+_STALE_TABLE = re.compile(r"on table '([^']+)'")
+
+
+@contextmanager
+def translate_errors(pool: Pool | None = None, *, pool_timeout: float = 0.0) -> Iterator[None]:
+    """Re-raise pool timeouts and stale-version conflicts as their dbkeel classes.
+
+    Everything else passes through unchanged. The original is always ``__cause__``.
+    """
+    try:
+        yield
+    except sqlalchemy.exc.TimeoutError as exc:
+        if isinstance(exc, DbkeelError):
+            raise
+        raise _pool_exhausted(pool, pool_timeout) from exc
+    except StaleDataError as exc:
+        match = _STALE_TABLE.search(str(exc))
+        table = match.group(1) if match else "unknown table"
+        raise ConcurrentUpdateError(
+            f"Another transaction changed or deleted a row of {table!r} after this one "
+            f"read it (stale version): {exc}. Re-read the row and apply the change again; "
+            f"DatabaseManager.run_in_transaction() retries the whole unit for you.",
+            model=table,
+        ) from exc
+
+
+def _pool_exhausted(pool: Pool | None, timeout: float) -> PoolExhaustedError:
+    size = overflow = checked_out = 0
+    if pool is not None:
+        size = int(getattr(pool, "size", lambda: 0)())
+        overflow = int(getattr(pool, "_max_overflow", 0))
+        checked_out = int(getattr(pool, "checkedout", lambda: 0)())
+        timeout = float(getattr(pool, "_timeout", timeout))
+    return PoolExhaustedError(
+        pool_size=size, max_overflow=overflow, checked_out=checked_out, timeout=timeout
+    )
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The PostgreSQL SQLSTATE behind *exc* (asyncpg or psycopg), or None."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        code = getattr(current, "sqlstate", None) or getattr(current, "pgcode", None)
+        if isinstance(code, str):
+            return code
+        nxt = getattr(current, "orig", None)
+        current = nxt if isinstance(nxt, BaseException) else current.__cause__
+    return None
+
+
+def mysql_errno(exc: BaseException) -> int | None:
+    """The MariaDB/MySQL error number behind *exc* (asyncmy, aiomysql), or None."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        args = getattr(current, "args", ())
+        if args and isinstance(args[0], int) and not isinstance(args[0], bool):
+            return args[0]
+        nxt = getattr(current, "orig", None)
+        current = nxt if isinstance(nxt, BaseException) else current.__cause__
+    return None

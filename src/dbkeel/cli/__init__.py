@@ -1,0 +1,41 @@
+"""The ``dbkeel`` command line. Command modules are imported only when their command runs,
+so ``dbkeel --help`` stays quick and ``import dbkeel`` never imports the CLI at all."""
+
+from __future__ import annotations
+
+import asyncio
+
+import typer
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="dbkeel",
+    help="dbkeel: the production database layer for async SQLAlchemy services.\n\n"
+    "Settings come from the environment and .env (DATABASE_URL, ENVIRONMENT, APP_NAME, "
+    "DATABASE_*); without DATABASE_URL the embedded SQLite database is used.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.command()
+def check() -> None:
+    """Connect with the current settings; print driver, server version, latency and pool."""
+    from dbkeel.cli.check import run_check
+
+    raise typer.Exit(asyncio.run(run_check()))
+
+
+@app.command()
+def demo() -> None:
+    """Run the guided demo (embedded SQLite unless DATABASE_URL is set)."""
+    from dbkeel.cli.demo import run_demo
+
+    raise typer.Exit(asyncio.run(run_demo()))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,50 @@
+"""``dbkeel check``: prove the configured database answers and show how dbkeel talks to it."""
+
+from __future__ import annotations
+
+import time
+
+from rich.table import Table
+from sqlalchemy import text
+
+from dbkeel.cli._console import console, print_error
+from dbkeel.engine import build_engine_options
+from dbkeel.exceptions import DbkeelError
+from dbkeel.manager import DatabaseManager
+from dbkeel.settings import DatabaseSettings
+
+
+async def run_check() -> int:
+    """Run the check; returns the exit code (0 reachable, 1 not)."""
+    try:
+        settings = DatabaseSettings()
+        db = DatabaseManager(settings)
+        await db.initialize()
+    except DbkeelError as exc:
+        print_error(exc)
+        return 1
+    try:
+        latencies = []
+        async with db.engine.connect() as conn:
+            for _ in range(5):
+                start = time.perf_counter()
+                await conn.execute(text("SELECT 1"))
+                latencies.append(time.perf_counter() - start)
+            version = conn.dialect.server_version_info
+        options = build_engine_options(settings)
+        table = Table(title="dbkeel check: database reachable", show_header=False)
+        table.add_column(style="bold")
+        table.add_column()
+        table.add_row("url", settings.masked_url)
+        table.add_row("environment", settings.environment)
+        table.add_row("driver", f"{db.engine.dialect.name}+{db.engine.dialect.driver}")
+        table.add_row("server version", ".".join(str(p) for p in version or ()))
+        table.add_row("round trip (median of 5)", f"{sorted(latencies)[2] * 1000:.2f} ms")
+        table.add_row("pool", options.poolclass.__name__)
+        for key in ("pool_size", "max_overflow", "pool_timeout", "pool_recycle", "pool_pre_ping"):
+            if key in options.kwargs:
+                table.add_row(key, str(options.kwargs[key]))
+        console.print(table)
+        return 0
+    finally:
+        await db.close()

@@ -1,0 +1,245 @@
+"""Engine profiles: turn :class:`DatabaseSettings` into a configured ``AsyncEngine``.
+
+One profile per environment, one set of connect arguments per driver::
+
+    production   AsyncAdaptedQueuePool with every pool knob of the settings
+    development  the same pool, kept small (5 + 2 unless set explicitly), echo optional
+    test         NullPool: no connection outlives its checkout, so per-test event loops
+                 never meet a connection opened on another loop
+
+The driver-specific part matters because ``connect_args`` are passed verbatim to the
+driver: asyncpg's ``server_settings`` crash psycopg and aiosqlite, and vice versa.
+
+    from dbkeel.engine import create_engine
+    engine = create_engine(DatabaseSettings(environment="production", database_url=...))
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import AsyncAdaptedQueuePool, NullPool, Pool, StaticPool
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
+    from sqlalchemy.engine.interfaces import DBAPIConnection
+    from sqlalchemy.pool import ConnectionPoolEntry
+
+    from dbkeel.settings import DatabaseSettings
+
+__all__ = ["EngineOptions", "build_engine_options", "create_engine"]
+
+logger = logging.getLogger(__name__)
+
+#: sql_mode for MariaDB/MySQL sessions: reject bad data instead of truncating it.
+STRICT_SQL_MODE = "TRADITIONAL,NO_ENGINE_SUBSTITUTION"
+_DEV_POOL_SIZE = 5
+_DEV_MAX_OVERFLOW = 2
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Everything ``create_async_engine`` receives, computed from settings.
+
+    ``kwargs`` never holds the password (it stays inside ``url``), so this object is safe
+    to log; ``sqlite_pragmas`` and ``session_sql`` are run on every new connection.
+    """
+
+    url: URL
+    kwargs: dict[str, Any]
+    sqlite_pragmas: tuple[str, ...] = ()
+    session_sql: tuple[str, ...] = ()
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def poolclass(self) -> type[Pool]:
+        poolclass: type[Pool] = self.kwargs.get("poolclass", AsyncAdaptedQueuePool)
+        return poolclass
+
+
+def build_engine_options(settings: DatabaseSettings) -> EngineOptions:
+    """Compute engine arguments for *settings* without creating anything.
+
+    Example::
+
+        options = build_engine_options(DatabaseSettings(environment="test"))
+        assert options.poolclass is NullPool
+    """
+    url = settings.url
+    backend = url.get_backend_name()
+    driver = url.get_driver_name()
+    kwargs: dict[str, Any] = {"echo": settings.echo}
+    if settings.environment == "production":
+        # Bound parameters (user data, tokens) stay out of logs and exception messages.
+        kwargs["hide_parameters"] = True
+    notes: list[str] = []
+    if settings.isolation_level is not None:
+        kwargs["isolation_level"] = settings.isolation_level
+
+    kwargs.update(_pool_options(settings, url))
+    connect_args: dict[str, Any] = {}
+    pragmas: tuple[str, ...] = ()
+    session_sql: tuple[str, ...] = ()
+
+    if driver == "asyncpg":
+        connect_args, url = _asyncpg_args(settings, url, kwargs)
+    elif driver == "psycopg":
+        connect_args = _psycopg_args(settings)
+    elif driver == "aiosqlite":
+        connect_args = {"timeout": settings.connect_timeout}
+        pragmas = (
+            "PRAGMA journal_mode=WAL",
+            "PRAGMA synchronous=NORMAL",
+            "PRAGMA foreign_keys=ON",
+            f"PRAGMA busy_timeout={int(settings.connect_timeout * 1000)}",
+        )
+    elif driver == "asyncmy":
+        connect_args = {
+            "connect_timeout": max(1, round(settings.connect_timeout)),
+            "charset": "utf8mb4",
+            "program_name": settings.app_name,
+        }
+        session_sql = (
+            # Not asyncmy's sql_mode= argument: it sends the value unquoted, a syntax error.
+            f"SET SESSION sql_mode = '{STRICT_SQL_MODE}'",
+            # UTC sessions, so CURRENT_TIMESTAMP / NOW() defaults agree with Python's UTC.
+            "SET SESSION time_zone = '+00:00'",
+        )
+        if settings.statement_timeout is not None:
+            session_sql += (f"SET SESSION max_statement_time = {settings.statement_timeout:g}",)
+    else:
+        notes.append(
+            f"driver {backend}+{driver} has no dbkeel profile: connect arguments "
+            f"(timeouts, application_name) are not set; pool settings still apply"
+        )
+    if connect_args:
+        kwargs["connect_args"] = connect_args
+    return EngineOptions(
+        url=url, kwargs=kwargs, sqlite_pragmas=pragmas, session_sql=session_sql, notes=notes
+    )
+
+
+def create_engine(settings: DatabaseSettings) -> AsyncEngine:
+    """Create the ``AsyncEngine`` for *settings* (no connection is opened yet).
+
+    Example::
+
+        engine = create_engine(DatabaseSettings())   # embedded SQLite, development profile
+    """
+    options = build_engine_options(settings)
+    for note in options.notes:
+        logger.warning("dbkeel: %s", note, extra={"app_name": settings.app_name})
+    engine = create_async_engine(options.url, **options.kwargs)
+    if options.sqlite_pragmas:
+        _install_sqlite_hooks(engine, options.sqlite_pragmas)
+    if options.session_sql:
+        _install_session_sql(engine, options.session_sql)
+    return engine
+
+
+def _pool_options(settings: DatabaseSettings, url: URL) -> dict[str, Any]:
+    memory_sqlite = url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+    if memory_sqlite:
+        # Every new connection to :memory: is a new, empty database: share one.
+        return {"poolclass": StaticPool}
+    if settings.environment == "test" or settings.pgbouncer:
+        # test: connections never cross event loops. pgbouncer: it is the pool.
+        return {"poolclass": NullPool}
+    pool_size = settings.pool_size
+    max_overflow = settings.effective_max_overflow
+    if settings.environment == "development":
+        explicit = settings.model_fields_set
+        if "pool_size" not in explicit:
+            pool_size = min(pool_size, _DEV_POOL_SIZE)
+        if "max_overflow" not in explicit:
+            max_overflow = min(max_overflow, _DEV_MAX_OVERFLOW)
+    return {
+        "poolclass": AsyncAdaptedQueuePool,
+        "pool_size": pool_size,
+        "max_overflow": max_overflow,
+        "pool_timeout": settings.pool_timeout,
+        "pool_recycle": settings.pool_recycle,
+        "pool_pre_ping": settings.effective_pre_ping,
+        "pool_use_lifo": settings.pool_use_lifo,
+    }
+
+
+def _asyncpg_args(
+    settings: DatabaseSettings, url: URL, kwargs: dict[str, Any]
+) -> tuple[dict[str, Any], URL]:
+    server_settings = {"application_name": settings.app_name}
+    args: dict[str, Any] = {"timeout": settings.connect_timeout}
+    if settings.command_timeout is not None:
+        args["command_timeout"] = settings.command_timeout
+    if settings.pgbouncer:
+        # PgBouncer (transaction mode) cannot keep named prepared statements across
+        # transactions, and rejects unknown startup parameters such as jit unless its
+        # ignore_startup_parameters lists them. See the asyncpg dialect docs, "Prepared
+        # Statement Name with PGBouncer", and sqlalchemy #6467.
+        args["statement_cache_size"] = 0
+        args["prepared_statement_name_func"] = _unique_statement_name
+        url = url.update_query_dict({"prepared_statement_cache_size": "0"})
+    else:
+        # jit=off: JIT compilation makes first queries with ENUMs slow (asyncpg #727).
+        server_settings["jit"] = "off"
+        if settings.statement_timeout is not None:
+            server_settings["statement_timeout"] = str(int(settings.statement_timeout * 1000))
+    args["server_settings"] = server_settings
+    return args, url
+
+
+def _unique_statement_name() -> str:
+    return f"__asyncpg_{uuid.uuid4()}__"
+
+
+def _psycopg_args(settings: DatabaseSettings) -> dict[str, Any]:
+    options = []
+    if not settings.pgbouncer:
+        options.append("-c jit=off")
+        if settings.statement_timeout is not None:
+            options.append(f"-c statement_timeout={int(settings.statement_timeout * 1000)}")
+    args: dict[str, Any] = {
+        "application_name": settings.app_name,
+        "connect_timeout": max(1, round(settings.connect_timeout)),
+    }
+    if options:
+        args["options"] = " ".join(options)
+    return args
+
+
+def _install_sqlite_hooks(engine: AsyncEngine, pragmas: tuple[str, ...]) -> None:
+    sync_engine = engine.sync_engine
+
+    @event.listens_for(sync_engine, "connect")
+    def _on_connect(dbapi_connection: DBAPIConnection, record: ConnectionPoolEntry) -> None:
+        # Let SQLAlchemy, not the sqlite3 module, decide when transactions begin: the
+        # module's legacy behaviour breaks SAVEPOINT and transactional DDL (see the
+        # SQLAlchemy aiosqlite dialect docs, "Serializable isolation / Savepoints").
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            for pragma in pragmas:
+                cursor.execute(pragma)
+        finally:
+            cursor.close()
+
+    @event.listens_for(sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        if conn.get_isolation_level() != "AUTOCOMMIT":
+            conn.exec_driver_sql("BEGIN")
+
+
+def _install_session_sql(engine: AsyncEngine, statements: tuple[str, ...]) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: DBAPIConnection, record: ConnectionPoolEntry) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            for statement in statements:
+                cursor.execute(statement)
+        finally:
+            cursor.close()

@@ -1,0 +1,148 @@
+"""Every error dbkeel raises, under one base class.
+
+Usage errors (something to fix in code or configuration) are kept apart from database
+errors (something that happened at run time)::
+
+    DbkeelError
+    ├── ConfigurationError          bad setting, missing extra, bad key ring  (also ValueError)
+    │   └── MissingDependencyError  an optional extra is not installed       (also ImportError)
+    ├── ManagerStateError           DatabaseManager used before initialize() or after close()
+    ├── InvalidValueError           a column type refused a Python value     (also ValueError)
+    ├── DecryptionError             a stored ciphertext cannot be opened
+    └── DatabaseError               something went wrong talking to the database
+        ├── DatabaseUnavailableError  the server cannot be reached
+        ├── PoolExhaustedError        no free connection in time (also sqlalchemy TimeoutError)
+        ├── ConcurrentUpdateError     optimistic-locking conflict (stale version)
+        ├── RetryableError            serialization failure / deadlock / lock wait timeout
+        └── CommitOutcomeUnknownError the connection dropped during COMMIT
+
+Every message says what happened, why, and what to do, and shows the offending value -
+never a password or key.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy.exc
+
+__all__ = [
+    "CommitOutcomeUnknownError",
+    "ConcurrentUpdateError",
+    "ConfigurationError",
+    "DatabaseError",
+    "DatabaseUnavailableError",
+    "DbkeelError",
+    "DecryptionError",
+    "InvalidValueError",
+    "ManagerStateError",
+    "MissingDependencyError",
+    "PoolExhaustedError",
+    "RetryableError",
+]
+
+
+class DbkeelError(Exception):
+    """Base class of every exception raised by dbkeel."""
+
+
+class ConfigurationError(DbkeelError, ValueError):
+    """A setting, an argument or an installed extra is wrong; fix the configuration."""
+
+
+class MissingDependencyError(ConfigurationError, ImportError):
+    """An optional extra needed by the requested feature is not installed.
+
+    The message names the extra, e.g. ``pip install 'dbkeel[prometheus]'``.
+    """
+
+    def __init__(self, feature: str, extra: str, module: str) -> None:
+        self.feature = feature
+        self.extra = extra
+        self.module = module
+        super().__init__(
+            f"{feature} needs the optional package {module!r}, which is not installed. "
+            f"Install it with: pip install 'dbkeel[{extra}]'"
+        )
+
+
+class ManagerStateError(DbkeelError, RuntimeError):
+    """The DatabaseManager was used before ``initialize()`` or after ``close()``."""
+
+
+class InvalidValueError(DbkeelError, ValueError):
+    """A column type refused a Python value; the message names the column and the value."""
+
+    def __init__(self, message: str, *, column: str | None = None, value: Any = None) -> None:
+        self.column = column
+        self.value = value
+        super().__init__(message)
+
+
+class DecryptionError(DbkeelError):
+    """A stored ciphertext could not be decrypted (tampered, wrong key, unknown key id...).
+
+    The message names ``table.column`` and the key id, never the key or the plaintext.
+    """
+
+
+class DatabaseError(DbkeelError):
+    """Base class of the errors that happen while talking to the database."""
+
+
+class DatabaseUnavailableError(DatabaseError, ConnectionError):
+    """The database server could not be reached within the startup budget."""
+
+
+class PoolExhaustedError(DatabaseError, sqlalchemy.exc.TimeoutError):
+    """No pooled connection became free within ``pool_timeout``.
+
+    Subclasses SQLAlchemy's ``TimeoutError`` so existing ``except`` clauses keep working.
+    """
+
+    def __init__(
+        self,
+        *,
+        pool_size: int,
+        max_overflow: int,
+        checked_out: int,
+        timeout: float,
+    ) -> None:
+        self.pool_size = pool_size
+        self.max_overflow = max_overflow
+        self.checked_out = checked_out
+        self.timeout = timeout
+        super().__init__(
+            f"No database connection became free within {timeout:g} s: all "
+            f"{checked_out} connections are checked out (pool_size={pool_size}, "
+            f"max_overflow={max_overflow}). Either requests hold sessions too long (look for "
+            f"a leak or a slow query), or the pool is too small for the load: raise "
+            f"DATABASE_POOL_SIZE / DATABASE_MAX_OVERFLOW (mind the server's max_connections) "
+            f"or DATABASE_POOL_TIMEOUT."
+        )
+
+
+class ConcurrentUpdateError(DatabaseError):
+    """An UPDATE or DELETE found a newer version of the row than the one it read.
+
+    Raised for models using ``VersionMixin``; the original SQLAlchemy ``StaleDataError``
+    is kept as ``__cause__``. Retry the whole unit of work (``run_in_transaction`` does).
+    """
+
+    def __init__(self, message: str, *, model: str | None = None, primary_key: Any = None) -> None:
+        self.model = model
+        self.primary_key = primary_key
+        super().__init__(message)
+
+
+class RetryableError(DatabaseError):
+    """The database aborted the transaction but retrying the whole unit may succeed.
+
+    Serialization failures (SQLSTATE 40001), deadlocks (40P01, MariaDB 1213) and lock wait
+    timeouts (MariaDB 1205). The driver error is kept as ``__cause__``.
+    """
+
+
+class CommitOutcomeUnknownError(DatabaseError):
+    """The connection was lost while COMMIT was in flight: the transaction may or may not
+    have been committed. It is never retried automatically; check the data, then decide."""

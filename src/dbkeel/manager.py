@@ -1,0 +1,282 @@
+"""``DatabaseManager``: owns the engine and the session factory of one database.
+
+Lifecycle is explicit: create, ``await initialize()`` once (it proves the connection),
+use ``get_session()``, ``await close()``. Or let ``async with`` do both::
+
+    from dbkeel import DatabaseManager, DatabaseSettings
+
+    async with DatabaseManager(DatabaseSettings(database_url=URL)) as db:
+        async with db.get_session() as session:      # commits on success
+            session.add(User(name="ada"))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Literal, Self
+
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from dbkeel._translate import mysql_errno, sqlstate, translate_errors
+from dbkeel.engine import create_engine
+from dbkeel.exceptions import DatabaseUnavailableError, ManagerStateError
+from dbkeel.settings import DatabaseSettings
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+__all__ = ["DatabaseManager"]
+
+logger = logging.getLogger(__name__)
+
+_State = Literal["new", "ready", "closed"]
+# Errors that will not go away by waiting: fail at once instead of burning the budget.
+_PERMANENT_SQLSTATE_CLASSES = ("28", "3D")  # auth failure, database does not exist
+_PERMANENT_MYSQL_ERRNOS = {1044, 1045, 1049, 1698}  # access denied, unknown database
+
+
+class DatabaseManager:
+    """Engine, pool and session factory for one database, with a checked lifecycle.
+
+    *settings* defaults to ``DatabaseSettings()`` (the environment), read when
+    :meth:`initialize` runs, so creating a manager at import time costs nothing.
+
+    Example::
+
+        db = DatabaseManager()
+        await db.initialize()
+        async with db.get_session() as session:
+            user = await session.get(User, user_id)
+        await db.close()
+    """
+
+    def __init__(self, settings: DatabaseSettings | None = None) -> None:
+        self._settings = settings
+        self._engine: AsyncEngine | None = None
+        self._session_factory: async_sessionmaker[AsyncSession] | None = None
+        self._state: _State = "new"
+        self._init_lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        url = self._settings.masked_url if self._settings is not None else "<from environment>"
+        return f"<DatabaseManager {url} {self._state}>"
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    @property
+    def settings(self) -> DatabaseSettings:
+        """The settings in use (loaded from the environment on first access)."""
+        if self._settings is None:
+            self._settings = DatabaseSettings()
+        return self._settings
+
+    @property
+    def is_initialized(self) -> bool:
+        """True between a successful :meth:`initialize` and :meth:`close`."""
+        return self._state == "ready"
+
+    async def initialize(self) -> Self:
+        """Create the engine and session factory and prove the database answers.
+
+        Retries ``SELECT 1`` with jittered exponential backoff within
+        ``settings.initialize_timeout`` (10 s by default), then raises
+        :class:`DatabaseUnavailableError`. Authentication failures and unknown databases
+        fail at once. Calling it again on a ready manager does nothing.
+        """
+        async with self._init_lock:
+            if self._state == "ready":
+                return self
+            if self._state == "closed":
+                raise ManagerStateError(
+                    "DatabaseManager.initialize() was called after close(): a closed "
+                    "manager cannot be reopened. Create a new DatabaseManager instead."
+                )
+            settings = self.settings
+            if settings.uses_default_url:
+                logger.info(
+                    "DATABASE_URL is not set: using the embedded SQLite database %s "
+                    "(ENVIRONMENT=%s)",
+                    settings.masked_url,
+                    settings.environment,
+                    extra={"app_name": settings.app_name},
+                )
+            engine = create_engine(settings)
+            try:
+                await self._prove_connection(engine, settings)
+            except BaseException:
+                # Includes CancelledError: never leave a half-built engine behind.
+                await asyncio.shield(engine.dispose())
+                raise
+            self._engine = engine
+            self._session_factory = async_sessionmaker(
+                bind=engine, expire_on_commit=False, autoflush=True
+            )
+            self._state = "ready"
+            return self
+
+    async def close(self) -> None:
+        """Dispose of the engine and its pooled connections. Safe to call twice."""
+        engine, self._engine, self._session_factory = self._engine, None, None
+        self._state = "closed"
+        if engine is not None:
+            # shielded: a cancelled shutdown must still close the sockets.
+            await asyncio.shield(engine.dispose())
+
+    async def __aenter__(self) -> Self:
+        return await self.initialize()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- access -------------------------------------------------------------------------
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The ``AsyncEngine``; raises :class:`ManagerStateError` before initialize()."""
+        if self._engine is None:
+            raise self._not_ready("engine")
+        return self._engine
+
+    @property
+    def session_factory(self) -> async_sessionmaker[AsyncSession]:
+        """The ``async_sessionmaker`` (``expire_on_commit=False``, ``autoflush=True``)."""
+        if self._session_factory is None:
+            raise self._not_ready("session_factory")
+        return self._session_factory
+
+    @asynccontextmanager
+    async def get_session(self) -> AsyncIterator[AsyncSession]:
+        """A session in a transaction: committed on success, rolled back on any error.
+
+        The error is re-raised unchanged, except that a pool timeout becomes
+        :class:`PoolExhaustedError` and a stale version :class:`ConcurrentUpdateError`
+        (each a subclass-compatible, more helpful form; the original is ``__cause__``).
+        The session is always closed and its connection returned, even when the task is
+        cancelled.
+
+        Example::
+
+            async with db.get_session() as session:
+                session.add(order)
+        """
+        session = self.session_factory()
+        engine = self.engine
+        try:
+            with translate_errors(engine.pool, pool_timeout=self.settings.pool_timeout):
+                yield session
+                await session.commit()
+        except BaseException:
+            # BaseException: CancelledError must roll back and release the connection too.
+            await _shielded_cleanup(session, rollback=True)
+            raise
+        else:
+            await _shielded_cleanup(session, rollback=False)
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _not_ready(self, what: str) -> ManagerStateError:
+        if self._state == "closed":
+            return ManagerStateError(
+                f"DatabaseManager.{what} was used after close(). Create a new "
+                f"DatabaseManager, or do not close it while it is still in use."
+            )
+        return ManagerStateError(
+            f"DatabaseManager.{what} was used before initialize(). Call "
+            f"`await db.initialize()` at startup, or use `async with DatabaseManager() as db:`."
+        )
+
+    async def _prove_connection(self, engine: AsyncEngine, settings: DatabaseSettings) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + settings.initialize_timeout
+        delay = 0.1
+        attempt = 0
+        while True:
+            attempt += 1
+            remaining = deadline - loop.time()
+            try:
+                async with asyncio.timeout(max(remaining, 0.05)):
+                    async with engine.connect() as conn:
+                        await conn.execute(text("SELECT 1"))
+                return
+            except (OSError, DBAPIError, InterfaceError, TimeoutError) as exc:
+                permanent = _is_permanent(exc)
+                remaining = deadline - loop.time()
+                if permanent or remaining <= delay:
+                    raise _unavailable(settings, attempt, exc, permanent) from None
+                logger.warning(
+                    "database not reachable yet (attempt %d, %s); retrying in %.2f s",
+                    attempt,
+                    type(exc).__name__,
+                    delay,
+                    extra={"app_name": settings.app_name, "attempt": attempt},
+                )
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, 2.0)
+
+
+def _is_permanent(exc: BaseException) -> bool:
+    if (
+        isinstance(exc, DBAPIError)
+        and not isinstance(exc, (OperationalError, InterfaceError))
+        and not exc.connection_invalidated
+        and sqlstate(exc) is None
+    ):
+        return True  # e.g. a ProgrammingError from a session setting: waiting won't help
+    state = sqlstate(exc)
+    if state is not None and state[:2] in _PERMANENT_SQLSTATE_CLASSES:
+        return True
+    return mysql_errno(exc) in _PERMANENT_MYSQL_ERRNOS
+
+
+def _unavailable(
+    settings: DatabaseSettings, attempts: int, exc: BaseException, permanent: bool
+) -> DatabaseUnavailableError:
+    url = settings.url
+    password = url.password
+    reason = f"{type(exc).__name__}: {getattr(exc, 'orig', None) or exc}".strip()
+    if isinstance(password, str) and password:
+        reason = reason.replace(password, "***")
+    where = f"{url.host or 'localhost'}:{url.port or 'default port'}"
+    if url.get_backend_name() == "sqlite":
+        where = "file"
+    when = (
+        "the server refused the credentials or the database (not retried)"
+        if permanent
+        else f"after {attempts} attempts in {settings.initialize_timeout:g} s"
+    )
+    err = DatabaseUnavailableError(
+        f"Cannot connect to the database: driver {url.drivername}, host {where}, database "
+        f"{url.database!r}: {when}. Last error: {reason}. Check that the server is running "
+        f"and reachable, and that DATABASE_URL ({settings.masked_url}) is right."
+    )
+    return err
+
+
+async def _shielded_cleanup(session: AsyncSession, *, rollback: bool) -> None:
+    async def cleanup() -> None:
+        try:
+            if rollback:
+                await session.rollback()
+        except Exception:
+            # The original error is what the caller must see; a failed rollback (say, on
+            # a dropped connection) is logged, and close() below still returns the
+            # connection, which the pool then invalidates.
+            logger.warning("rollback after an error failed", exc_info=True)
+        finally:
+            await session.close()
+
+    # A task, shielded: if the caller is cancelled while we roll back, the rollback and
+    # the connection's return to the pool still complete (cf. AsyncSession.__aexit__).
+    task = asyncio.ensure_future(cleanup())
+    await asyncio.shield(task)

@@ -1,0 +1,354 @@
+"""``DatabaseSettings``: every knob of dbkeel, read from the environment and ``.env``.
+
+Settings are plain values, validated when they are created; they hold no live objects
+(the engine and the session factory belong to :class:`dbkeel.DatabaseManager`)::
+
+    from dbkeel import DatabaseSettings
+
+    settings = DatabaseSettings()                      # DATABASE_URL, ENVIRONMENT, ... from env
+    settings = DatabaseSettings(pool_size=10)          # constructor arguments win over env
+    print(settings)                                    # the URL's password shows as ***
+
+A bad value fails here, at load time, with a :class:`~dbkeel.ConfigurationError` that
+names the environment variable and the values it accepts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from dbkeel.exceptions import ConfigurationError
+
+__all__ = ["DEFAULT_SQLITE_URL", "DatabaseSettings", "Environment", "mask_url"]
+
+logger = logging.getLogger(__name__)
+
+Environment = Literal["test", "development", "production"]
+
+#: Where development and test runs keep their data when no DATABASE_URL is set.
+DEFAULT_SQLITE_URL = "sqlite+aiosqlite:///./dbkeel.sqlite3"
+
+# Plain scheme -> the async driver dbkeel uses for it. `postgres://` is what Heroku-style
+# platforms hand out; SQLAlchemy itself stopped accepting that spelling in 1.4.
+_DEFAULT_DRIVERS = {
+    "postgres": "postgresql+asyncpg",
+    "postgresql": "postgresql+asyncpg",
+    "sqlite": "sqlite+aiosqlite",
+    "mysql": "mysql+asyncmy",
+    "mariadb": "mariadb+asyncmy",
+}
+_SYNC_ONLY_DRIVERS = {"psycopg2", "pg8000", "pysqlite", "mysqldb", "pymysql", "mysqlconnector"}
+
+
+def _cpu_count() -> int:
+    # The CPUs this process may run on (a container's cpuset), not the host's count.
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def default_pool_size() -> int:
+    """CPU count x 2 (the design's rule), clamped to 4..40."""
+    return max(4, min(40, _cpu_count() * 2))
+
+
+def mask_url(url: str | URL) -> str:
+    """Render a database URL with its password replaced by ``***``; never raises."""
+    try:
+        parsed = make_url(url) if isinstance(url, str) else url
+    except (ArgumentError, ValueError):
+        return "<unparseable database URL>"
+    return parsed.render_as_string(hide_password=True)
+
+
+def _var(env: str, **kwargs: Any) -> Any:
+    """A settings field read from the environment variable *env* (and by field name)."""
+    return Field(validation_alias=env, **kwargs)
+
+
+class DatabaseSettings(BaseSettings):
+    """Connection and pool settings for one database.
+
+    Every field is read from the environment variable shown in brackets (or a ``.env``
+    file in the working directory); constructor arguments, by field name, override it.
+    Durations are in seconds.
+
+    Example::
+
+        settings = DatabaseSettings(
+            database_url="postgresql+asyncpg://app@db.internal/app",
+            environment="production",
+            app_name="billing",
+        )
+    """
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+    )
+
+    database_url: str | None = _var(
+        "DATABASE_URL",
+        default=None,
+        description="SQLAlchemy URL; without one, development and test use embedded SQLite.",
+    )
+    environment: Environment = _var(
+        "ENVIRONMENT", default="development", description="Selects the engine profile."
+    )
+    app_name: str = _var(
+        "APP_NAME",
+        default="dbkeel",
+        min_length=1,
+        max_length=63,
+        description="Sent to the server as application_name.",
+    )
+    pool_size: int = _var(
+        "DATABASE_POOL_SIZE",
+        default_factory=default_pool_size,
+        ge=1,
+        le=1000,
+        description="Connections kept open (default CPU count x 2, clamped to 4..40).",
+    )
+    max_overflow: int | None = _var(
+        "DATABASE_MAX_OVERFLOW",
+        default=None,
+        ge=0,
+        le=1000,
+        description="Extra connections above pool_size under load (default 50% of pool_size).",
+    )
+    pool_timeout: float = _var(
+        "DATABASE_POOL_TIMEOUT",
+        default=30.0,
+        gt=0,
+        description="Seconds to wait for a free connection before PoolExhaustedError.",
+    )
+    pool_recycle: int = _var(
+        "DATABASE_POOL_RECYCLE",
+        default=3600,
+        ge=-1,
+        description="Replace connections older than this at checkout; -1 disables.",
+    )
+    pool_pre_ping: bool | None = _var(
+        "DATABASE_POOL_PRE_PING",
+        default=None,
+        description="Test each connection at checkout (default: on in production).",
+    )
+    pool_use_lifo: bool = _var(
+        "DATABASE_POOL_USE_LIFO",
+        default=True,
+        description="Reuse the most recently returned connection so idle ones can expire.",
+    )
+    command_timeout: float | None = _var(
+        "DATABASE_COMMAND_TIMEOUT",
+        default=60.0,
+        gt=0,
+        description="Client-side limit for one statement (asyncpg).",
+    )
+    statement_timeout: float | None = _var(
+        "DATABASE_STATEMENT_TIMEOUT",
+        default=None,
+        gt=0,
+        description="Server-side statement limit (PostgreSQL statement_timeout, "
+        "MariaDB max_statement_time).",
+    )
+    connect_timeout: float = _var(
+        "DATABASE_CONNECT_TIMEOUT",
+        default=10.0,
+        gt=0,
+        description="Seconds allowed to open one connection.",
+    )
+    initialize_timeout: float = _var(
+        "DATABASE_INITIALIZE_TIMEOUT",
+        default=10.0,
+        gt=0,
+        description="Total budget of initialize()'s connection retries.",
+    )
+    echo: bool = _var(
+        "DATABASE_ECHO",
+        default=False,
+        description="Log every SQL statement (parameters are hidden in production).",
+    )
+    isolation_level: (
+        Literal[
+            "SERIALIZABLE", "REPEATABLE READ", "READ COMMITTED", "READ UNCOMMITTED", "AUTOCOMMIT"
+        ]
+        | None
+    ) = _var(
+        "DATABASE_ISOLATION_LEVEL",
+        default=None,
+        description="Default isolation level. AUTOCOMMIT makes rollback a no-op.",
+    )
+    pgbouncer: bool = _var(
+        "DATABASE_PGBOUNCER",
+        default=False,
+        description="A PgBouncer in transaction mode sits in front: disable prepared "
+        "statement caching and client pooling.",
+    )
+
+    # Environment variable name of each field, for error messages and the docs table.
+    ENV_NAMES: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, **values: Any) -> None:
+        # Constructor arguments are given by field name; pydantic-settings matches them by
+        # alias (the variable name). Not validate_by_name: that would also make the env
+        # source read un-prefixed variables such as POOL_SIZE.
+        values = {self.ENV_NAMES.get(key, key): value for key, value in values.items()}
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            # `from None`: pydantic's own message repeats the input value, which for
+            # DATABASE_URL would print the password in the traceback.
+            raise ConfigurationError(_describe_validation_error(exc)) from None
+
+    @model_validator(mode="after")
+    def _check_url(self) -> DatabaseSettings:
+        if self.database_url is None:
+            if self.environment == "production":
+                raise ValueError(
+                    "DATABASE_URL is not set and ENVIRONMENT=production: dbkeel will not "
+                    "fall back to embedded SQLite in production. Set DATABASE_URL, e.g. "
+                    "postgresql+asyncpg://user:password@host:5432/dbname"
+                )
+            return self
+        object.__setattr__(self, "database_url", _normalise_url(self.database_url))
+        return self
+
+    # -- derived values -----------------------------------------------------------------
+
+    @property
+    def url(self) -> URL:
+        """The effective URL (embedded SQLite when none is configured)."""
+        if self.database_url is None:
+            return make_url(DEFAULT_SQLITE_URL)
+        return make_url(self.database_url)
+
+    @property
+    def uses_default_url(self) -> bool:
+        """True when no DATABASE_URL was given and the embedded SQLite default is used."""
+        return self.database_url is None
+
+    @property
+    def effective_max_overflow(self) -> int:
+        """max_overflow, or 50% of pool_size when not set."""
+        return self.max_overflow if self.max_overflow is not None else self.pool_size // 2
+
+    @property
+    def effective_pre_ping(self) -> bool:
+        """pool_pre_ping, or True in production when not set."""
+        if self.pool_pre_ping is not None:
+            return self.pool_pre_ping
+        return self.environment == "production"
+
+    @property
+    def masked_url(self) -> str:
+        """The effective URL with the password replaced by ``***``."""
+        return mask_url(self.url)
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            if name == "database_url" and value is not None:
+                yield name, mask_url(value)
+            else:
+                yield name, value
+
+
+DatabaseSettings.ENV_NAMES = {
+    name: str(field.validation_alias) for name, field in DatabaseSettings.model_fields.items()
+}
+
+
+def _normalise_url(raw: str) -> str:
+    try:
+        url = make_url(raw)
+    except (ArgumentError, ValueError):
+        raise ValueError(
+            "DATABASE_URL is not a valid SQLAlchemy URL. Expected "
+            "dialect+driver://user:password@host:port/dbname, e.g. "
+            "postgresql+asyncpg://app@localhost:5432/app"
+        ) from None
+    backend, _, driver = url.drivername.partition("+")
+    if not driver:
+        if backend not in _DEFAULT_DRIVERS:
+            raise ValueError(
+                f"DATABASE_URL uses the database {backend!r}, which dbkeel does not know. "
+                f"Accepted: postgresql+asyncpg, postgresql+psycopg, sqlite+aiosqlite, "
+                f"mysql+asyncmy, mariadb+asyncmy (or another async driver, spelled out)."
+            )
+        url = url.set(drivername=_DEFAULT_DRIVERS[backend])
+    elif driver in _SYNC_ONLY_DRIVERS:
+        async_name = _DEFAULT_DRIVERS.get(backend, "an async driver")
+        raise ValueError(
+            f"DATABASE_URL uses the driver {driver!r}, which is synchronous: dbkeel needs "
+            f"an asyncio driver. Use {async_name} instead (install dbkeel[postgres], "
+            f"dbkeel[sqlite] or dbkeel[mysql])."
+        )
+    if url.drivername.startswith("postgres+"):
+        url = url.set(drivername="postgresql+" + url.drivername.partition("+")[2])
+    return url.render_as_string(hide_password=False)
+
+
+def _describe_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors(include_url=False):
+        loc = error["loc"][0] if error["loc"] else ""
+        name = str(loc)
+        field = name if name in DatabaseSettings.model_fields else _field_for_env(name)
+        env = DatabaseSettings.ENV_NAMES.get(field or "", name)
+        msg = error["msg"].removeprefix("Value error, ")
+        if not field:
+            lines.append(msg)
+            continue
+        if field == "database_url":
+            # never echo the input: it may hold the password
+            lines.append(f"{env} is invalid: {msg}")
+            continue
+        accepted = _accepted_values(field)
+        shown = error.get("input")
+        value = f" = {shown!r}" if shown is not None and error["type"] != "missing" else ""
+        lines.append(f"{env}{value} is invalid: {msg}. Accepted: {accepted}.")
+    return "Invalid database settings:\n  " + "\n  ".join(lines)
+
+
+def _field_for_env(env: str) -> str | None:
+    for field, name in DatabaseSettings.ENV_NAMES.items():
+        if name.lower() == env.lower():
+            return field
+    return None
+
+
+def _accepted_values(field: str) -> str:
+    info = DatabaseSettings.model_fields[field]
+    annotation = str(info.annotation)
+    if "Literal" in annotation:
+        import typing
+
+        args: list[str] = []
+        for arg in typing.get_args(info.annotation):
+            args.extend(repr(a) for a in typing.get_args(arg) if a is not None)
+            if arg is type(None):
+                args.append("unset")
+        literal = typing.get_args(info.annotation)
+        if literal and all(isinstance(a, str) for a in literal):
+            args = [repr(a) for a in literal]
+        return ", ".join(args)
+    bounds = []
+    for meta in info.metadata:
+        for attr, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+            bound = getattr(meta, attr, None)
+            if bound is not None:
+                bounds.append(f"{sign} {bound}")
+    if "bool" in annotation:
+        return "true or false (1/0, yes/no, on/off)"
+    kind = "a number of seconds" if "float" in annotation else "an integer"
+    if "int" in annotation and "float" not in annotation:
+        kind = "an integer"
+    return f"{kind} {' and '.join(bounds)}".strip()

@@ -1,0 +1,173 @@
+"""The real-database test rig.
+
+Every portable test runs against PostgreSQL (asyncpg), SQLite (aiosqlite) and MariaDB
+(asyncmy) through the ``backend`` / ``db`` fixtures. Each test run creates its own
+database on each server (``dbkeel_t_<pid>_<random>``) and drops it at the end, so runs
+can repeat, and run side by side, on the same servers. A server that cannot be reached
+fails the test with the command that starts it: nothing is skipped silently.
+
+Server URLs come from DBKEEL_TEST_POSTGRES_URL and DBKEEL_TEST_MARIADB_URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import MetaData, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
+
+from dbkeel import DatabaseManager, DatabaseSettings
+
+BACKENDS = ("postgresql", "sqlite", "mariadb")
+SERVER_URLS = {
+    "postgresql": os.environ.get(
+        "DBKEEL_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+    ),
+    "mariadb": os.environ.get(
+        "DBKEEL_TEST_MARIADB_URL", "mysql+asyncmy://root@127.0.0.1:3306/test"
+    ),
+}
+START_COMMANDS = {
+    "postgresql": "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
+    "mariadb": "start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd",
+}
+
+
+class TestDatabases:
+    """Creates one database per server for this test run, on first use."""
+
+    def __init__(self, tmp_dir: Path) -> None:
+        self.name = f"dbkeel_t_{os.getpid()}_{secrets.token_hex(3)}"
+        self.tmp_dir = tmp_dir
+        self.urls: dict[str, str] = {}
+        self.failures: dict[str, str] = {}
+
+    def url(self, backend: str) -> str:
+        if backend in self.failures:
+            pytest.fail(self.failures[backend], pytrace=False)
+        if backend not in self.urls:
+            if backend == "sqlite":
+                self.urls[backend] = f"sqlite+aiosqlite:///{self.tmp_dir / 'test.sqlite3'}"
+            else:
+                try:
+                    asyncio.run(self._create(backend))
+                except (OSError, Exception) as exc:  # any failure to reach the server
+                    self.failures[backend] = (
+                        f"The {backend} test server at {SERVER_URLS[backend]} is not "
+                        f"reachable ({type(exc).__name__}: {exc}). Start it with:\n    "
+                        f"{START_COMMANDS[backend]}\nor point DBKEEL_TEST_"
+                        f"{'POSTGRES' if backend == 'postgresql' else 'MARIADB'}_URL at one."
+                    )
+                    pytest.fail(self.failures[backend], pytrace=False)
+        return self.urls[backend]
+
+    async def _create(self, backend: str) -> None:
+        admin = create_async_engine(
+            SERVER_URLS[backend], poolclass=NullPool, isolation_level="AUTOCOMMIT"
+        )
+        try:
+            async with asyncio.timeout(10):
+                async with admin.connect() as conn:
+                    await conn.execute(text(f"CREATE DATABASE {self.name}"))
+        finally:
+            await admin.dispose()
+        url = make_url(SERVER_URLS[backend]).set(database=self.name)
+        self.urls[backend] = url.render_as_string(hide_password=False)
+
+    async def _drop(self, backend: str) -> None:
+        admin = create_async_engine(
+            SERVER_URLS[backend], poolclass=NullPool, isolation_level="AUTOCOMMIT"
+        )
+        force = " WITH (FORCE)" if backend == "postgresql" else ""
+        try:
+            async with admin.connect() as conn:
+                await conn.execute(text(f"DROP DATABASE IF EXISTS {self.name}{force}"))
+        finally:
+            await admin.dispose()
+
+    def drop_all(self) -> None:
+        for backend in list(self.urls):
+            if backend != "sqlite":
+                asyncio.run(self._drop(backend))
+
+
+@pytest.fixture(scope="session")
+def test_databases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestDatabases]:
+    databases = TestDatabases(tmp_path_factory.mktemp("dbkeel"))
+    yield databases
+    databases.drop_all()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Parametrizes a test over the three databases."""
+    return str(request.param)
+
+
+@pytest.fixture
+def db_url(backend: str, test_databases: TestDatabases) -> str:
+    return test_databases.url(backend)
+
+
+@pytest.fixture
+def pg_url(test_databases: TestDatabases) -> str:
+    return test_databases.url("postgresql")
+
+
+@pytest.fixture
+def mariadb_url(test_databases: TestDatabases) -> str:
+    return test_databases.url("mariadb")
+
+
+def make_settings(url: str, **overrides: Any) -> DatabaseSettings:
+    """Test-profile settings for *url* (NullPool) unless overridden."""
+    values: dict[str, Any] = {
+        "database_url": url,
+        "environment": "test",
+        "app_name": "dbkeel-tests",
+    }
+    values.update(overrides)
+    return DatabaseSettings(**values)
+
+
+@pytest.fixture
+async def db(db_url: str) -> AsyncIterator[DatabaseManager]:
+    """An initialized DatabaseManager on the parametrized backend."""
+    async with DatabaseManager(make_settings(db_url)) as manager:
+        yield manager
+
+
+@pytest.fixture
+async def pg_db(pg_url: str) -> AsyncIterator[DatabaseManager]:
+    """An initialized DatabaseManager on PostgreSQL (for PostgreSQL-only behaviour)."""
+    async with DatabaseManager(make_settings(pg_url)) as manager:
+        yield manager
+
+
+CreateTables = Callable[[DatabaseManager, MetaData], Awaitable[None]]
+
+
+@pytest.fixture
+async def create_tables() -> AsyncIterator[CreateTables]:
+    """Factory: create a MetaData's tables on a manager's database; dropped after the test."""
+    created: list[tuple[DatabaseManager, MetaData]] = []
+
+    async def create(manager: DatabaseManager, metadata: MetaData) -> None:
+        async with manager.engine.begin() as conn:
+            await conn.run_sync(metadata.drop_all)
+            await conn.run_sync(metadata.create_all)
+        created.append((manager, metadata))
+
+    yield create
+    for manager, metadata in reversed(created):
+        if manager.is_initialized:
+            async with manager.engine.begin() as conn:
+                await conn.run_sync(metadata.drop_all)
