@@ -1,0 +1,10 @@
+"""Portable column types: the same model on PostgreSQL, SQLite and MariaDB.
+
+Example::
+
+    from dbkeel.types import UTCDateTime
+"""
+
+from dbkeel.types.datetime import UTCDateTime as UTCDateTime
+
+__all__ = ["UTCDateTime"]
