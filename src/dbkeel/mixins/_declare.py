@@ -42,10 +42,10 @@ def add_columns(
             f"the mixin is listed after the declarative base. Put mixins first, e.g. "
             f"`class {cls.__name__}({mixin.__name__}, Base): ...`."
         )
-    if cls.__dict__.get("__abstract__", False) is True or _inherits_columns(cls, columns):
+    if cls.__dict__.get("__abstract__", False) is True or _inherits_columns(cls, mixin, columns):
         return False
     dataclass = issubclass(cls, MappedAsDataclass)
-    annotations = cls.__dict__.get("__annotations__")
+    annotations = cls.__dict__.get("__annotations__")  # noqa: RUF063 - mutated in place
     if annotations is None:
         annotations = {}
         cls.__annotations__ = annotations
@@ -70,9 +70,14 @@ def _is_mapped(cls: type) -> bool:
     return "__mapper__" in cls.__dict__
 
 
-def _inherits_columns(cls: type, columns: dict[str, ColumnFactory]) -> bool:
+def _inherits_columns(cls: type, mixin: type, columns: dict[str, ColumnFactory]) -> bool:
     # A mapped (or abstract) parent already declares them: inheritance passes them on.
-    return any(name in klass.__dict__ for klass in cls.__mro__[1:] for name in columns)
+    return any(
+        name in klass.__dict__
+        for klass in cls.__mro__[1:]
+        if klass is not mixin
+        for name in columns
+    )
 
 
 def _merge_mapper_args(cls: type, ours: dict[str, Any]) -> None:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Boolean, Index, delete, event, false, text
+from sqlalchemy import Boolean, Index, column, delete, event, false, text
 from sqlalchemy.orm import Mapped, ORMExecuteState, Session, mapped_column, with_loader_criteria
 
 from dbkeel.exceptions import ConfigurationError
@@ -69,6 +69,19 @@ def _deleted_at(dataclass: bool) -> tuple[Any, Any]:
     )
 
 
+class _MixinColumn:
+    """``SoftDeleteMixin.is_deleted``, read only by with_loader_criteria().
+
+    with_loader_criteria() runs its lambda once with the mixin itself to analyse it, so
+    the mixin needs a comparable ``is_deleted``. A descriptor rather than a plain
+    ``column()``: declarative would warn about a SQL expression in a mixin. Models have
+    their own mapped column, which hides this one.
+    """
+
+    def __get__(self, obj: object, owner: type) -> Any:
+        return column("is_deleted", Boolean())
+
+
 class SoftDeleteMixin:
     """Adds ``is_deleted`` (indexed) and ``deleted_at``; deleted rows vanish from queries.
 
@@ -78,6 +91,8 @@ class SoftDeleteMixin:
     if TYPE_CHECKING:
         is_deleted: Mapped[bool]
         deleted_at: Mapped[dt.datetime | None]
+    else:
+        is_deleted = _MixinColumn()
 
     def __init_subclass__(cls, **kw: Any) -> None:
         add_columns(cls, SoftDeleteMixin, {"is_deleted": _is_deleted, "deleted_at": _deleted_at})
