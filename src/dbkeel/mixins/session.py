@@ -44,13 +44,16 @@ class DbkeelSession(Session):
         return instance
 
     def flush(self, objects: Any = None) -> None:
+        # Collected before the flush: a failed flush rolls back and expires the objects,
+        # after which they no longer look dirty.
+        versioned = [o for o in (*self.dirty, *self.deleted) if isinstance(o, VersionMixin)]
         try:
             super().flush(objects)
         except StaleDataError as exc:
             rows = []
-            for obj in (*self.dirty, *self.deleted):
+            for obj in versioned:
                 state = inspect(obj)
-                if isinstance(obj, VersionMixin) and state.identity is not None:
+                if state.identity is not None:
                     table = getattr(state.mapper.local_table, "name", "?")
                     pk = state.identity[0] if len(state.identity) == 1 else state.identity
                     rows.append((type(obj).__name__, table, pk))
