@@ -80,14 +80,18 @@ async def blog(db: DatabaseManager, create_tables: CreateTables) -> DatabaseMana
     return db
 
 
-async def test_select_leaves_deleted_rows_out_and_option_brings_them_back(blog: DatabaseManager) -> None:
+async def test_select_leaves_deleted_rows_out_and_option_brings_them_back(
+    blog: DatabaseManager,
+) -> None:
     async with blog.get_session() as s:
         assert (await s.scalars(select(Post.id).order_by(Post.id))).all() == [1, 3]
         everything = select(Post.id).order_by(Post.id).execution_options(**ALL)
         assert (await s.scalars(everything)).all() == [1, 2, 3]
 
 
-async def test_soft_delete_sets_deleted_at_aware_utc_and_restore_clears_it(blog: DatabaseManager) -> None:
+async def test_soft_delete_sets_deleted_at_aware_utc_and_restore_clears_it(
+    blog: DatabaseManager,
+) -> None:
     async with blog.get_session() as s:
         post = (await s.scalars(select(Post).where(Post.id == 2).execution_options(**ALL))).one()
         assert post.is_deleted and post.deleted_at is not None
@@ -98,7 +102,9 @@ async def test_soft_delete_sets_deleted_at_aware_utc_and_restore_clears_it(blog:
         assert restored is not None and restored.deleted_at is None
 
 
-async def test_get_of_soft_deleted_object_in_identity_map_returns_none(blog: DatabaseManager) -> None:
+async def test_get_of_soft_deleted_object_in_identity_map_returns_none(
+    blog: DatabaseManager,
+) -> None:
     async with blog.get_session() as s:
         post = await s.get(Post, 1)
         assert post is not None

@@ -22,6 +22,12 @@ from dbkeel.exceptions import MissingDependencyError as MissingDependencyError
 from dbkeel.exceptions import PoolExhaustedError as PoolExhaustedError
 from dbkeel.exceptions import RetryableError as RetryableError
 from dbkeel.manager import DatabaseManager as DatabaseManager
+from dbkeel.mixins import DbkeelSession as DbkeelSession
+from dbkeel.mixins import SoftDeleteMixin as SoftDeleteMixin
+from dbkeel.mixins import TimestampMixin as TimestampMixin
+from dbkeel.mixins import VersionMixin as VersionMixin
+from dbkeel.mixins import purge_deleted as purge_deleted
+from dbkeel.mixins import soft_delete_unique as soft_delete_unique
 from dbkeel.settings import DatabaseSettings as DatabaseSettings
 
 __version__ = "0.1.0"
@@ -39,11 +45,17 @@ __all__ = [
     "DatabaseSettings",
     "DatabaseUnavailableError",
     "DbkeelError",
+    "DbkeelSession",
     "DecryptionError",
     "InvalidValueError",
     "ManagerStateError",
     "MissingDependencyError",
     "PoolExhaustedError",
     "RetryableError",
+    "SoftDeleteMixin",
+    "TimestampMixin",
+    "VersionMixin",
     "db_manager",
+    "purge_deleted",
+    "soft_delete_unique",
 ]

@@ -96,7 +96,7 @@ def _merge_mapper_args(cls: type, ours: dict[str, Any]) -> None:
         merged: Any = dict(ours)
     elif isinstance(own, dict):
         merged = {**ours, **own}
-    elif isinstance(own, declared_attr):
+    elif callable(getattr(own, "fget", None)):  # @declared_attr(.directive) of any flavour
         fget = own.fget
 
         def combined(model: type) -> dict[str, Any]:
