@@ -37,7 +37,7 @@ class PlainBase(DeclarativeBase):
 class Customer(VersionMixin, SoftDeleteMixin, TimestampMixin, DataclassBase):
     __tablename__ = "dc_customers"
     __table_args__ = (UniqueConstraint("email"),)
-    __mapper_args__ = {"confirm_deleted_rows": False}
+    __mapper_args__ = {"confirm_deleted_rows": False}  # noqa: RUF012 - declarative reads it
 
     id: Mapped[int] = mapped_column(primary_key=True, init=False)
     name: Mapped[str] = mapped_column(String(50))
@@ -120,10 +120,10 @@ def test_single_table_subclass_inherits_the_columns() -> None:
         __tablename__ = "animals"
         id: Mapped[int] = mapped_column(primary_key=True)
         kind: Mapped[str] = mapped_column(String(10))
-        __mapper_args__ = {"polymorphic_on": "kind", "polymorphic_identity": "animal"}
+        __mapper_args__ = {"polymorphic_on": "kind", "polymorphic_identity": "animal"}  # noqa: RUF012 - declarative reads it
 
     class Dog(Animal):
-        __mapper_args__ = {"polymorphic_identity": "dog"}
+        __mapper_args__ = {"polymorphic_identity": "dog"}  # noqa: RUF012 - declarative reads it
 
     assert Dog.__table__ is Animal.__table__
     assert Dog.__mapper__.polymorphic_identity == "dog"
