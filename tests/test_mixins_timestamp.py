@@ -66,9 +66,11 @@ async def test_updated_at_advances_and_is_readable_after_commit(
     async with db.get_session() as s:
         s.add(note)
         note.body = "v2"
-    # Without server_onupdate + eager_defaults this attribute would be expired and the
-    # access would lazy-load outside a greenlet: MissingGreenlet.
-    assert note.updated_at > first
+        await s.flush()
+        # Without eager_defaults the attribute would be expired here and this access
+        # would lazy-load outside a greenlet: MissingGreenlet.
+        assert note.updated_at > first
+    assert note.updated_at > first  # and still loaded after commit
     assert note.created_at <= first
 
 

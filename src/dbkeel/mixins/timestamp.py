@@ -20,7 +20,6 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import FetchedValue
 from sqlalchemy.orm import Mapped, mapped_column
 
 from dbkeel.exceptions import ConfigurationError
@@ -43,11 +42,11 @@ def _updated_at(dataclass: bool) -> tuple[Any, Any]:
     column = mapped_column(
         UTCDateTime(),
         server_default=utcnow(),
-        # The SQL expression runs on every ORM UPDATE; FetchedValue + eager_defaults make
-        # the flush read the new value back (RETURNING, or a SELECT on MariaDB) instead
-        # of expiring it, which would lazy-load - MissingGreenlet in async code.
+        # A SQL expression, run in every ORM UPDATE. With the mapper's eager_defaults the
+        # flush reads the new value back (UPDATE .. RETURNING; a SELECT on MariaDB, which
+        # has no UPDATE .. RETURNING) instead of expiring it, which would lazy-load on the
+        # next access: MissingGreenlet in async code (sqlalchemy #12125).
         onupdate=utcnow(),
-        server_onupdate=FetchedValue(),
         nullable=False,
         **extra,
     )
