@@ -69,9 +69,7 @@ async def main() -> None:
 
         async def hand_written() -> int:
             query = (
-                select(Doc)
-                .where(Doc.is_deleted == false())
-                .execution_options(include_deleted=True)
+                select(Doc).where(Doc.is_deleted == false()).execution_options(include_deleted=True)
             )
             async with db.get_session() as s:
                 for _ in range(SELECTS):

@@ -97,8 +97,9 @@ async def _drop(url: str) -> None:
 def test_deleted_rows_never_leak_and_opt_out_always_sees_them(db_url: str) -> None:
     asyncio.run(_create(db_url))
 
-    @settings(max_examples=25, deadline=None,
-              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @settings(
+        max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    )
     @given(ops=OPS)
     def check(ops: list[tuple[str, int]]) -> None:
         asyncio.run(_run(db_url, ops))
