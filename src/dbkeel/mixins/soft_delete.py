@@ -114,6 +114,9 @@ def _live(cls: Any) -> Any:
     return cls.is_deleted == false()
 
 
+# propagate_to_loaders stays True although the listener also covers lazy and selectin
+# loads: without it joined eager loads return deleted children (sqlalchemy #7862;
+# tests/test_mixins_soft_delete.py checks). It costs a little per loaded row.
 _CRITERIA = with_loader_criteria(SoftDeleteMixin, _live, include_aliases=True)
 
 
