@@ -119,3 +119,15 @@ async def _demo_steps(db: DatabaseManager, settings: DatabaseSettings) -> None:
     async with db.get_session() as session:
         count = await session.scalar(select(func.count()).select_from(Customer)) or 0
     console.print(f"customers after the rollback: {count} (Charles was never committed)")
+
+    await _doctor_step(settings)
+
+
+async def _doctor_step(settings: DatabaseSettings) -> None:
+    from dbkeel.cli.doctor import render_report
+    from dbkeel.doctor import run_doctor
+
+    _step("6. dbkeel doctor: this configuration and the demo models, audited")
+    report = await run_doctor(settings, metadata=DemoBase.metadata)
+    render_report(report)
+    console.print("run it yourself: dbkeel doctor --models yourapp.models:Base [--json]")
