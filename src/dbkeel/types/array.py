@@ -90,6 +90,7 @@ class ArrayType(PortableType[list[Any]]):
         self.mutable = mutable
         self._classes = _item_classes(self.item_type)
         self._exclude_bool = bool not in self._classes
+        self._exact = frozenset(self._classes)
         self._max_length: int | None = getattr(self.item_type, "length", None)
 
     @property
@@ -106,6 +107,11 @@ class ArrayType(PortableType[list[Any]]):
         if not isinstance(value, list | tuple):
             raise self.invalid(value, "not a list", "Pass a list, e.g. ['a', 'b'].")
         classes, exclude_bool, max_length = self._classes, self._exclude_bool, self._max_length
+        # fast path in C: every item of an exact accepted class, none too long
+        if set(map(type, value)) <= self._exact and (
+            max_length is None or not value or max(map(len, value)) <= max_length
+        ):
+            return value
         for index, item in enumerate(value):
             if (
                 item.__class__ not in classes

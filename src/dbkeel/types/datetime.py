@@ -103,14 +103,18 @@ class UTCDateTime(PortableType[dt.datetime]):
         if dialect.name == "postgresql":
 
             def bind_aware(value: Any) -> Any:
-                return None if value is None else to_utc(value)
+                if value is None or (value.tzinfo is UTC and value.__class__ is _datetime):
+                    return value
+                return to_utc(value)
 
             return bind_aware
 
         def bind_naive(value: Any) -> Any:
             if value is None:
                 return None
-            naive = to_utc(value).replace(tzinfo=None)
+            if value.tzinfo is not UTC or value.__class__ is not _datetime:
+                value = to_utc(value)
+            naive = value.replace(tzinfo=None)
             return impl_process(naive) if impl_process else naive
 
         return bind_naive
