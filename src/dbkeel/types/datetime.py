@@ -103,7 +103,7 @@ class UTCDateTime(PortableType[dt.datetime]):
         if dialect.name == "postgresql":
 
             def bind_aware(value: Any) -> Any:
-                if value is None or (value.tzinfo is UTC and value.__class__ is _datetime):
+                if value is None or (value.__class__ is _datetime and value.tzinfo is UTC):
                     return value
                 return to_utc(value)
 
@@ -112,7 +112,7 @@ class UTCDateTime(PortableType[dt.datetime]):
         def bind_naive(value: Any) -> Any:
             if value is None:
                 return None
-            if value.tzinfo is not UTC or value.__class__ is not _datetime:
+            if value.__class__ is not _datetime or value.tzinfo is not UTC:
                 value = to_utc(value)
             naive = value.replace(tzinfo=None)
             return impl_process(naive) if impl_process else naive
