@@ -29,6 +29,12 @@ from dbkeel.mixins import VersionMixin as VersionMixin
 from dbkeel.mixins import purge_deleted as purge_deleted
 from dbkeel.mixins import soft_delete_unique as soft_delete_unique
 from dbkeel.settings import DatabaseSettings as DatabaseSettings
+from dbkeel.types import ArrayType as ArrayType
+from dbkeel.types import JSONBType as JSONBType
+from dbkeel.types import StringArray as StringArray
+from dbkeel.types import UTCDateTime as UTCDateTime
+from dbkeel.types import UUIDType as UUIDType
+from dbkeel.types import uuid7 as uuid7
 
 __version__ = "0.1.0"
 
@@ -37,6 +43,7 @@ __version__ = "0.1.0"
 db_manager = DatabaseManager()
 
 __all__ = [
+    "ArrayType",
     "CommitOutcomeUnknownError",
     "ConcurrentUpdateError",
     "ConfigurationError",
@@ -48,14 +55,19 @@ __all__ = [
     "DbkeelSession",
     "DecryptionError",
     "InvalidValueError",
+    "JSONBType",
     "ManagerStateError",
     "MissingDependencyError",
     "PoolExhaustedError",
     "RetryableError",
     "SoftDeleteMixin",
+    "StringArray",
     "TimestampMixin",
+    "UTCDateTime",
+    "UUIDType",
     "VersionMixin",
     "db_manager",
     "purge_deleted",
     "soft_delete_unique",
+    "uuid7",
 ]

@@ -130,11 +130,22 @@ async def _demo_steps(db: DatabaseManager, settings: DatabaseSettings) -> None:
         count = await session.scalar(select(func.count()).select_from(Customer)) or 0
     console.print(f"customers after the rollback: {count} (Charles was never committed)")
 
+    await _doctor_step(settings)
     await _demo_mixins(db)
 
 
+async def _doctor_step(settings: DatabaseSettings) -> None:
+    from dbkeel.cli.doctor import render_report
+    from dbkeel.doctor import run_doctor
+
+    _step("6. dbkeel doctor: this configuration and the demo models, audited")
+    report = await run_doctor(settings, metadata=DemoBase.metadata)
+    render_report(report)
+    console.print("run it yourself: dbkeel doctor --models yourapp.models:Base [--json]")
+
+
 async def _demo_mixins(db: DatabaseManager) -> None:
-    _step("6. soft delete and restore (SoftDeleteMixin)")
+    _step("7. soft delete and restore (SoftDeleteMixin)")
     async with db.get_session() as session:
         session.add_all([Product(id=1, name="gear", stock=10), Product(id=2, name="lever")])
     async with db.get_session() as session:
@@ -156,7 +167,7 @@ async def _demo_mixins(db: DatabaseManager) -> None:
         visible = (await session.scalars(select(Product.name).order_by(Product.id))).all()
     console.print(f"after lever.restore(): queries see {visible}")
 
-    _step("7. a conflict being retried (VersionMixin + run_in_transaction)")
+    _step("8. a conflict being retried (VersionMixin + run_in_transaction)")
     attempts = 0
 
     async def take_one(session: AsyncSession) -> int:
