@@ -22,6 +22,7 @@ from dbkeel.exceptions import MissingDependencyError as MissingDependencyError
 from dbkeel.exceptions import PoolExhaustedError as PoolExhaustedError
 from dbkeel.exceptions import RetryableError as RetryableError
 from dbkeel.manager import DatabaseManager as DatabaseManager
+from dbkeel.monitoring.pool import PoolMonitor as PoolMonitor
 from dbkeel.settings import DatabaseSettings as DatabaseSettings
 
 __version__ = "0.1.0"
@@ -44,6 +45,7 @@ __all__ = [
     "ManagerStateError",
     "MissingDependencyError",
     "PoolExhaustedError",
+    "PoolMonitor",
     "RetryableError",
     "db_manager",
 ]
