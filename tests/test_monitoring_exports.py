@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -223,3 +224,15 @@ async def test_health_of_an_unreachable_server_never_shows_the_password() -> Non
     assert report["latency_ms"] is None
     assert report["error"] is not None and "s3cret-pw" not in report["error"]
     assert report["pool"]["checked_out"] == 0  # the failed connect was not left checked out
+
+
+def test_check_prints_the_health_report_and_demo_the_metrics(pg_url: str, tmp_path: Path) -> None:
+    from tests.test_cli import run_cli
+
+    check = run_cli("check", env={"DATABASE_URL": pg_url, "ENVIRONMENT": "production"})
+    assert check.returncode == 0, check.stderr
+    for fragment in ("health report", "reachable", "pool.checked_out", "pool.waiting"):
+        assert fragment in check.stdout
+    demo = run_cli("demo", cwd=tmp_path)
+    assert demo.returncode == 0, demo.stderr
+    assert 'dbkeel_pool_checkout_wait_seconds_count{app="dbkeel",pool="default"} 3.0' in demo.stdout

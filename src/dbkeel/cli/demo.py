@@ -119,3 +119,26 @@ async def _demo_steps(db: DatabaseManager, settings: DatabaseSettings) -> None:
     async with db.get_session() as session:
         count = await session.scalar(select(func.count()).select_from(Customer)) or 0
     console.print(f"customers after the rollback: {count} (Charles was never committed)")
+
+    await _demo_monitoring(db)
+
+
+async def _demo_monitoring(db: DatabaseManager) -> None:
+    """Attach a PoolMonitor (if the profile did not) and show this pool's Prometheus text."""
+    from dbkeel.monitoring import PoolMonitor, prometheus_text
+
+    _step("6. monitoring: pool status and Prometheus metrics for this pool")
+    monitor = db.monitor or PoolMonitor.setup_listeners(db.engine, app_name=db.settings.app_name)
+    for _ in range(3):
+        async with db.get_session() as session:
+            await session.scalar(select(func.count()).select_from(Customer))
+    console.print(f"pool status: {PoolMonitor.get_pool_status(db.engine)}")
+    try:
+        metrics = prometheus_text(monitor)
+    except DbkeelError as exc:  # MissingDependencyError without dbkeel[prometheus]
+        console.print(f"[yellow]{exc}[/]")
+        return
+    lines = [line for line in metrics.splitlines() if not line.startswith("#")]
+    shown = [line for line in lines if "_bucket" not in line]
+    console.print("\n".join(shown), markup=False, highlight=False, soft_wrap=True)
+    console.print(f"({len(lines) - len(shown)} histogram bucket lines not shown)")
