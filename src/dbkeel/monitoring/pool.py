@@ -52,8 +52,7 @@ logger = logging.getLogger(__name__)
 # Keys of ConnectionPoolEntry.info, which SQLAlchemy clears whenever the entry reconnects.
 _CONNECTED_AT = "dbkeel.connected_at"
 _CONNECT_START = "dbkeel.connect_start"
-_CHECKED_OUT_AT = "dbkeel.checked_out_at"
-_STACK = "dbkeel.checkout_stack"
+_CHECKOUT = "dbkeel.checkout"  # (monotonic time, stack or None)
 _LEAK_REPORTED = "dbkeel.leak_reported"
 _LONG_LIVED_WARNED = "dbkeel.long_lived_warned"
 _INVALIDATED = "dbkeel.invalidated"
@@ -274,13 +273,15 @@ class PoolMonitor:
     ) -> None:
         now = monotonic()
         info = record.info
-        connected = info.setdefault(_CONNECTED_AT, now)
-        if now - connected > self.options.long_lived_threshold and _LONG_LIVED_WARNED not in info:
+        options = self.options
+        connected = info.get(_CONNECTED_AT)
+        if connected is None:  # opened before the monitor was attached
+            info[_CONNECTED_AT] = now
+        elif now - connected > options.long_lived_threshold and _LONG_LIVED_WARNED not in info:
             info[_LONG_LIVED_WARNED] = True
             self._warn_long_lived(now - connected)
-        info[_CHECKED_OUT_AT] = now
-        if self.options.capture_stack:
-            info[_STACK] = capture_stack()
+        # One tuple, one dict write: this runs on every checkout.
+        info[_CHECKOUT] = (now, capture_stack() if options.capture_stack else None)
         self._held[id(record)] = record
         self.counters.checkouts += 1
 
@@ -289,16 +290,15 @@ class PoolMonitor:
     ) -> None:
         self._held.pop(id(record), None)
         info = record.info
-        start = info.pop(_CHECKED_OUT_AT, None)
-        stack = info.pop(_STACK, None)
-        reported = info.pop(_LEAK_REPORTED, False)
-        if start is not None:
-            used = monotonic() - start
+        checkout = info.pop(_CHECKOUT, None)
+        if checkout is not None:
+            used = monotonic() - checkout[0]
             for sink in self.sinks:
                 sink.use_time(used)
-            if used > self.options.leak_threshold and not reported:
-                self._warn_leak(used, stack, returned=True)
-        if info.pop(_INVALIDATED, None) is not None or dbapi_connection is None:
+            # Only a connection over the threshold can carry the "reported" flag.
+            if used > self.options.leak_threshold and not info.pop(_LEAK_REPORTED, False):
+                self._warn_leak(used, checkout[1], returned=True)
+        if dbapi_connection is None or info.pop(_INVALIDATED, None) is not None:
             logger.info(
                 "an invalidated connection was returned to the pool; it will reconnect at "
                 "its next checkout",
@@ -350,13 +350,13 @@ class PoolMonitor:
         over = 0
         for record in list(self._held.values()):
             info = record.info
-            start = info.get(_CHECKED_OUT_AT)
-            if start is None or now - start <= self.options.leak_threshold:
+            checkout = info.get(_CHECKOUT)
+            if checkout is None or now - checkout[0] <= self.options.leak_threshold:
                 continue
             over += 1
             if not info.get(_LEAK_REPORTED):
                 info[_LEAK_REPORTED] = True
-                self._warn_leak(now - start, info.get(_STACK), returned=False)
+                self._warn_leak(now - checkout[0], checkout[1], returned=False)
         return over
 
     async def watch_leaks(self, interval: float | None = None) -> None:
