@@ -307,3 +307,26 @@ async def test_thousand_concurrent_tasks_on_a_20_plus_10_pool(pg_url: str) -> No
         assert 20 < peak <= 30
         assert monitor.counters.checkout_timeouts == 0
         assert monitor.counters.checkout_wait.count >= 1000
+
+
+# -- settings ------------------------------------------------------------------------------
+
+
+def test_monitoring_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_LEAK_THRESHOLD", "15")
+    monkeypatch.setenv("DATABASE_CAPTURE_CHECKOUT_STACK", "1")
+    settings = make_settings("sqlite+aiosqlite://")
+    options = PoolMonitor.options_from_settings(settings)
+    assert (options.leak_threshold, options.capture_stack) == (15, True)
+    assert settings.effective_monitoring is False  # test profile
+    assert make_settings("sqlite+aiosqlite://", environment="production").effective_monitoring
+    monkeypatch.setenv("DATABASE_LEAK_THRESHOLD", "0")
+    with pytest.raises(ConfigurationError, match=r"DATABASE_LEAK_THRESHOLD = '0' is invalid"):
+        make_settings("sqlite+aiosqlite://")
+
+
+async def test_close_stops_the_leak_watch(pg_pool: DatabaseManager) -> None:
+    watch = pg_pool._leak_watch
+    assert watch is not None and not watch.done()
+    await pg_pool.close()
+    assert watch.cancelled()

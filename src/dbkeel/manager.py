@@ -119,7 +119,7 @@ class DatabaseManager:
                 await self._prove_connection(engine, settings)
             except BaseException:
                 # Includes CancelledError: never leave a half-built engine behind.
-                self._stop_leak_watch()
+                await self._stop_leak_watch()
                 await asyncio.shield(engine.dispose())
                 raise
             self._engine = engine
@@ -133,7 +133,7 @@ class DatabaseManager:
         """Dispose of the engine and its pooled connections. Safe to call twice."""
         engine, self._engine, self._session_factory = self._engine, None, None
         self._state = "closed"
-        self._stop_leak_watch()
+        await self._stop_leak_watch()
         if engine is not None:
             # shielded: a cancelled shutdown must still close the sockets.
             await asyncio.shield(engine.dispose())
@@ -237,10 +237,12 @@ class DatabaseManager:
             self._monitor.watch_leaks(), name="dbkeel-leak-watch"
         )
 
-    def _stop_leak_watch(self) -> None:
+    async def _stop_leak_watch(self) -> None:
         task, self._leak_watch = self._leak_watch, None
         if task is not None:
             task.cancel()
+            # Wait for it to finish so no pending task outlives the manager (or its loop).
+            await asyncio.gather(task, return_exceptions=True)
 
     def _not_ready(self, what: str) -> ManagerStateError:
         if self._state == "closed":
