@@ -60,7 +60,7 @@ async def main() -> None:
                 "PoolMonitor + stack capture": load("stack"),
             },
             baseline="no monitoring",
-            rounds=7,
+            rounds=15,
             goal="goal: PoolMonitor / no monitoring <= 1.03",
         )
         await _checkout_cycle()

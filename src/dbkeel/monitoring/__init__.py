@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from dbkeel.monitoring.health import HealthReport as HealthReport
 from dbkeel.monitoring.health import check_health as check_health
-from dbkeel.monitoring.pool import MetricSink as MetricSink
-from dbkeel.monitoring.pool import MonitorOptions as MonitorOptions
+from dbkeel.monitoring.options import MetricSink as MetricSink
+from dbkeel.monitoring.options import MonitorOptions as MonitorOptions
 from dbkeel.monitoring.pool import PoolMonitor as PoolMonitor
 from dbkeel.monitoring.slow_queries import SlowQueryLog as SlowQueryLog
 from dbkeel.monitoring.stats import Histogram as Histogram

@@ -23,9 +23,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from dataclasses import dataclass
 from time import monotonic, perf_counter
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy.exc
 from sqlalchemy import event
@@ -33,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dbkeel.exceptions import ConfigurationError
 from dbkeel.monitoring._stack import capture_stack, format_stack
+from dbkeel.monitoring.options import MetricSink, MonitorOptions
 from dbkeel.monitoring.stats import PoolCounters
 from dbkeel.monitoring.status import PoolStatus, pool_status
 
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
     from dbkeel.settings import DatabaseSettings
 
-__all__ = ["MetricSink", "MonitorOptions", "PoolMonitor"]
+__all__ = ["PoolMonitor"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,35 +58,6 @@ _LONG_LIVED_WARNED = "dbkeel.long_lived_warned"
 _INVALIDATED = "dbkeel.invalidated"
 
 _MONITORS: weakref.WeakKeyDictionary[Engine, PoolMonitor] = weakref.WeakKeyDictionary()
-
-
-@dataclass(frozen=True)
-class MonitorOptions:
-    """How a :class:`PoolMonitor` labels its figures and when it warns (seconds)."""
-
-    app_name: str = "dbkeel"
-    pool_name: str = "default"
-    long_lived_threshold: float = 300.0
-    leak_threshold: float = 60.0
-    capture_stack: bool = False
-
-    def __post_init__(self) -> None:
-        for name in ("long_lived_threshold", "leak_threshold"):
-            value = getattr(self, name)
-            if not value > 0:
-                raise ConfigurationError(
-                    f"PoolMonitor {name}={value!r} is invalid: it is a number of seconds "
-                    f"and must be > 0 (e.g. 300 for long-lived, 60 for leaks)."
-                )
-
-
-class MetricSink(Protocol):
-    """Receives each timing as it happens (the OpenTelemetry exporter's histograms)."""
-
-    def checkout_wait(self, seconds: float) -> None: ...
-    def connect_time(self, seconds: float) -> None: ...
-    def use_time(self, seconds: float) -> None: ...
-    def checkout_timeout(self) -> None: ...
 
 
 class PoolMonitor:
