@@ -24,6 +24,12 @@ from dbkeel.exceptions import RetryableError as RetryableError
 from dbkeel.manager import DatabaseManager as DatabaseManager
 from dbkeel.monitoring.pool import PoolMonitor as PoolMonitor
 from dbkeel.settings import DatabaseSettings as DatabaseSettings
+from dbkeel.types import ArrayType as ArrayType
+from dbkeel.types import JSONBType as JSONBType
+from dbkeel.types import StringArray as StringArray
+from dbkeel.types import UTCDateTime as UTCDateTime
+from dbkeel.types import UUIDType as UUIDType
+from dbkeel.types import uuid7 as uuid7
 
 __version__ = "0.1.0"
 
@@ -32,6 +38,7 @@ __version__ = "0.1.0"
 db_manager = DatabaseManager()
 
 __all__ = [
+    "ArrayType",
     "CommitOutcomeUnknownError",
     "ConcurrentUpdateError",
     "ConfigurationError",
@@ -42,10 +49,15 @@ __all__ = [
     "DbkeelError",
     "DecryptionError",
     "InvalidValueError",
+    "JSONBType",
     "ManagerStateError",
     "MissingDependencyError",
     "PoolExhaustedError",
     "PoolMonitor",
     "RetryableError",
+    "StringArray",
+    "UTCDateTime",
+    "UUIDType",
     "db_manager",
+    "uuid7",
 ]

@@ -120,14 +120,25 @@ async def _demo_steps(db: DatabaseManager, settings: DatabaseSettings) -> None:
         count = await session.scalar(select(func.count()).select_from(Customer)) or 0
     console.print(f"customers after the rollback: {count} (Charles was never committed)")
 
+    await _doctor_step(settings)
     await _demo_monitoring(db)
+
+
+async def _doctor_step(settings: DatabaseSettings) -> None:
+    from dbkeel.cli.doctor import render_report
+    from dbkeel.doctor import run_doctor
+
+    _step("6. dbkeel doctor: this configuration and the demo models, audited")
+    report = await run_doctor(settings, metadata=DemoBase.metadata)
+    render_report(report)
+    console.print("run it yourself: dbkeel doctor --models yourapp.models:Base [--json]")
 
 
 async def _demo_monitoring(db: DatabaseManager) -> None:
     """Attach a PoolMonitor (if the profile did not) and show this pool's Prometheus text."""
     from dbkeel.monitoring import PoolMonitor, prometheus_text
 
-    _step("6. monitoring: pool status and Prometheus metrics for this pool")
+    _step("7. monitoring: pool status and Prometheus metrics for this pool")
     monitor = db.monitor or PoolMonitor.setup_listeners(db.engine, app_name=db.settings.app_name)
     for _ in range(3):
         async with db.get_session() as session:
