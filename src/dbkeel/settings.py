@@ -19,7 +19,7 @@ import logging
 import os
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_serializer, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -92,6 +92,8 @@ class DatabaseSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_file=".env",
         env_file_encoding="utf-8",
+        # DATABASE_COMMAND_TIMEOUT=none switches off a knob whose default is a value.
+        env_parse_none_str="none",
         extra="ignore",
         frozen=True,
     )
@@ -171,6 +173,13 @@ class DatabaseSettings(BaseSettings):
         default=10.0,
         gt=0,
         description="Total budget of initialize()'s connection retries.",
+    )
+    initialize_backoff: float = _var(
+        "DATABASE_INITIALIZE_BACKOFF",
+        default=0.1,
+        gt=0,
+        le=10,
+        description="First pause between initialize()'s attempts; doubles up to 2 s.",
     )
     echo: bool = _var(
         "DATABASE_ECHO",
@@ -293,6 +302,11 @@ class DatabaseSettings(BaseSettings):
     def masked_url(self) -> str:
         """The effective URL with the password replaced by ``***``."""
         return mask_url(self.url)
+
+    @field_serializer("database_url")
+    def _serialize_url(self, value: str | None) -> str | None:
+        # model_dump()/model_dump_json() are what people log or serve on debug pages.
+        return None if value is None else mask_url(value)
 
     def __repr_args__(self) -> Any:
         for name, value in super().__repr_args__():
