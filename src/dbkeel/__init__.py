@@ -23,6 +23,7 @@ from dbkeel.exceptions import PoolExhaustedError as PoolExhaustedError
 from dbkeel.exceptions import RetryableError as RetryableError
 from dbkeel.manager import DatabaseManager as DatabaseManager
 from dbkeel.settings import DatabaseSettings as DatabaseSettings
+from dbkeel.types.encrypted import EncryptedType as EncryptedType
 
 __version__ = "0.1.0"
 
@@ -40,6 +41,7 @@ __all__ = [
     "DatabaseUnavailableError",
     "DbkeelError",
     "DecryptionError",
+    "EncryptedType",
     "InvalidValueError",
     "ManagerStateError",
     "MissingDependencyError",

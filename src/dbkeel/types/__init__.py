@@ -6,5 +6,6 @@ Example::
 """
 
 from dbkeel.types.datetime import UTCDateTime as UTCDateTime
+from dbkeel.types.encrypted import EncryptedType as EncryptedType
 
-__all__ = ["UTCDateTime"]
+__all__ = ["EncryptedType", "UTCDateTime"]
