@@ -161,6 +161,7 @@ class _RawColumn:
         self.value = self.view.c[col.name]
         active = ring.header_of(ring.active_key_id)
         self.not_active = func.substr(self.value, 1, len(active)) != literal(active, LargeBinary)
+        self.lock = update(self.view).where(self.pk.is_(None)).values({col.name: self.value})
         self.cas = (
             update(self.view)
             .where(self.pk == bindparam("_pk"), self.value == bindparam("_old", type_=LargeBinary))
@@ -209,6 +210,10 @@ class _RawColumn:
                 progress(self.name, min(done, todo), todo)
 
     async def _batch(self, conn: AsyncConnection, last: Any, batch_size: int) -> list[Any]:
+        if conn.dialect.name == "sqlite":
+            # Take the write lock before reading: a WAL read snapshot cannot be upgraded to
+            # a write once another connection has committed (SQLITE_BUSY_SNAPSHOT, no wait).
+            await conn.execute(self.lock)
         query = select(self.pk, self.value).where(self.value.is_not(None), self.not_active)
         if last is not None:
             query = query.where(self.pk > last)
