@@ -151,12 +151,23 @@ class KeyRing:
         ring = KeyRing({"k1": old_key, "k2": new_key}, active="k2", index_key=index_key)
     """
 
-    __slots__ = ("_active_header", "_active_id", "_aead_active", "_aeads", "_index_mac")
+    __slots__ = (
+        "_active_header",
+        "_active_id",
+        "_aead_active",
+        "_aeads",
+        "_index_mac",
+        "_open_errors",
+    )
 
     def __init__(
         self, keys: Mapping[str, bytes], active: str, *, index_key: bytes | None = None
     ) -> None:
         aesgcm = _aesgcm()
+        from cryptography.exceptions import InvalidTag
+
+        # what a damaged, truncated, foreign or unknown-key envelope raises while opening
+        self._open_errors = (InvalidTag, KeyError, IndexError, ValueError)
         if not keys:
             raise ConfigurationError(f"A key ring needs at least one key. {_HOW_TO}")
         self._aeads: dict[bytes, Any] = {}
@@ -241,19 +252,18 @@ class KeyRing:
 
     def open(self, blob: bytes, column: bytes) -> bytes:
         """Decrypt an envelope written for *column*; :class:`DecryptionError` if it fails."""
+        # Fast path without checks: the header (version byte included) is authenticated as
+        # associated data, so a wrong version, key id or length fails here too, and
+        # _failure() then works out which one it was.
         try:
-            end = 2 + blob[1]
-            if blob[0] == 1 and len(blob) >= end + 28:
-                aead = self._aeads.get(blob[2:end])
-                if aead is not None:
-                    return aead.decrypt(blob[end : end + 12], blob[end + 12 :], blob[:end] + column)  # type: ignore[no-any-return]
-        except IndexError:
-            pass
-        except Exception as exc:  # cryptography's InvalidTag, and nothing else is expected
-            if type(exc).__name__ != "InvalidTag":
-                raise
-            raise self._failure(blob, column, None) from None
-        raise self._failure(blob, column, None)
+            end = blob[1] + 2
+            aead = self._aeads[blob[2:end]]
+            plaintext: bytes = aead.decrypt(
+                blob[end : end + 12], blob[end + 12 :], blob[:end] + column
+            )
+        except self._open_errors:
+            raise self._failure(blob, column) from None
+        return plaintext
 
     def header_of(self, key_id: str) -> bytes:
         """The envelope header written by key *key_id* (for counting rows per key)."""
@@ -272,7 +282,7 @@ class KeyRing:
         digest: bytes = mac.digest()
         return digest
 
-    def _failure(self, blob: bytes, column: bytes, _: None) -> DecryptionError:
+    def _failure(self, blob: bytes, column: bytes) -> DecryptionError:
         where = column.decode("utf-8", "replace")
         try:
             key_id, _h, _n, _c = envelope.parse(blob)

@@ -34,6 +34,7 @@ _STR, _JSON, _BYTES = 0, 1, 2
 # MariaDB: VARBINARY up to this many bytes (counts against the 64 KiB row limit), else LONGBLOB
 _MAX_VARBINARY = 4096
 _MAX_KEY_ID = 32
+_RING = registry.RING_ATTRIBUTE
 
 
 def _kind_of(inner: TypeEngine[Any]) -> int:
@@ -80,6 +81,8 @@ class EncryptedType(TypeDecorator[Any]):
         length = getattr(self.inner, "length", None)
         self._max_chars: int | None = length if self._kind == _STR else None
         self._inner_td = self.inner if isinstance(self.inner, TypeDecorator) else None
+        # a str column with no inner processing: the fast path of both directions
+        self._plain_str = self._kind == _STR and self._inner_td is None
         self._column: Column[Any] | None = None
         self._ident: bytes | None = None
 
@@ -135,48 +138,32 @@ class EncryptedType(TypeDecorator[Any]):
         return dialect.type_descriptor(LargeBinary())
 
     def process_bind_param(self, value: Any, dialect: Dialect) -> bytes | None:
+        # Runs once per value: the common case (a str that fits) takes the first return.
         if value is None:
             return None
+        ring = getattr(dialect, _RING, None)
         ident = self._ident
-        if ident is None:
-            raise self._unattached()
-        ring = getattr(dialect, registry.RING_ATTRIBUTE, None)
-        if ring is None:
-            ring = registry.ring_for(dialect, self._where)
-        if self._inner_td is not None:
-            value = self._inner_td.process_bind_param(value, dialect)
-            if value is None:
-                return None
-        if self._kind == _STR and type(value) is str:
-            if self._max_chars is not None and len(value) > self._max_chars:
-                raise self._refused(
-                    value,
-                    f"{len(value)} characters, over the limit of "
-                    f"{self._max_chars} of {self.inner!r}",
-                )
-            data = value.encode()
-        else:
-            data = self._serialize(value)
-        return ring.seal(data, ident)
+        if ring is None or ident is None:
+            raise self._no_keys(dialect)
+        if self._plain_str and value.__class__ is str:
+            limit = self._max_chars
+            if limit is None or len(value) <= limit:
+                return ring.seal(value.encode(), ident)  # type: ignore[no-any-return]
+        return ring.seal(self._serialize(value, dialect), ident)  # type: ignore[no-any-return]
 
     def process_result_value(self, value: Any, dialect: Dialect) -> Any:
         if value is None:
             return None
+        ring = getattr(dialect, _RING, None)
         ident = self._ident
-        if ident is None:
-            raise self._unattached()
-        ring = getattr(dialect, registry.RING_ATTRIBUTE, None)
-        if ring is None:
-            ring = registry.ring_for(dialect, self._where)
-        if type(value) is not bytes:
+        if ring is None or ident is None:
+            raise self._no_keys(dialect)
+        if value.__class__ is not bytes:
             value = bytes(value)  # memoryview / bytearray from some drivers
         data = ring.open(value, ident)
-        if self._kind == _STR:
-            result: Any = data.decode()
-        elif self._kind == _JSON:
-            result = json.loads(data)
-        else:
-            result = data
+        if self._plain_str:
+            return data.decode()
+        result: Any = json.loads(data) if self._kind == _JSON else data
         if self._inner_td is not None:
             result = self._inner_td.process_result_value(result, dialect)
         return result
@@ -186,9 +173,19 @@ class EncryptedType(TypeDecorator[Any]):
 
     # -- helpers -----------------------------------------------------------------------
 
-    def _serialize(self, value: Any) -> bytes:
+    def _serialize(self, value: Any, dialect: Dialect) -> bytes:
+        if self._inner_td is not None:
+            value = self._inner_td.process_bind_param(value, dialect)
         if self._kind == _STR:
-            raise self._refused(value, f"a {type(value).__name__}, not a str")
+            if not isinstance(value, str):
+                raise self._refused(value, f"a {type(value).__name__}, not a str")
+            if self._max_chars is not None and len(value) > self._max_chars:
+                raise self._refused(
+                    value,
+                    f"{len(value)} characters, over the limit of {self._max_chars} of "
+                    f"{self.inner!r}",
+                )
+            return value.encode()
         if self._kind == _BYTES:
             if isinstance(value, (bytes, bytearray, memoryview)):
                 return bytes(value)
@@ -206,7 +203,9 @@ class EncryptedType(TypeDecorator[Any]):
             column=self._where,
         )
 
-    def _unattached(self) -> KeyRingError:
+    def _no_keys(self, dialect: Dialect) -> KeyRingError:
+        if self._ident is not None:
+            registry.ring_for(dialect, self._where)  # raises the no-key-ring error
         return KeyRingError(
             f"EncryptedType on {self._where} was used outside a table column: each "
             f"ciphertext is bound to its table.column, so the type works only on a "
