@@ -10,6 +10,7 @@ Run: ``python -m benchmarks encryption``.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select
 from sqlalchemy.dialects import postgresql
@@ -52,14 +53,15 @@ async def per_value(tables: dict[str, Table], ring: KeyRing) -> None:
     raw = AESGCM(os.urandom(32))
     ad = b"users.email"
 
-    def raw_encrypt(v: str) -> bytes:
+    def raw_encrypt(v: str, dialect: object) -> bytes:
         nonce = os.urandom(12)
         return nonce + raw.encrypt(nonce, v.encode(), ad)
 
-    def raw_decrypt(b: bytes) -> str:
+    def raw_decrypt(b: bytes, dialect: object) -> str:
         return raw.decrypt(b[:12], b[12:], ad).decode()
 
-    pairs = {"raw AESGCM": (raw_encrypt, raw_decrypt)}
+    # every candidate is called as SQLAlchemy calls process_bind_param: (value, dialect)
+    pairs: dict[str, tuple[Any, Any]] = {"raw AESGCM": (raw_encrypt, raw_decrypt)}
     for name in (
         "dbkeel EncryptedType",
         "advanced-alchemy EncryptedString",
@@ -68,23 +70,23 @@ async def per_value(tables: dict[str, Table], ring: KeyRing) -> None:
         type_ = tables[name].c.secret.type
         # what SQLAlchemy's bind / result processors call for every value
         pairs[name] = (
-            lambda v, f=type_.process_bind_param: f(v, dialect),
-            lambda b, f=type_.process_result_value: f(b, dialect),
+            type_.process_bind_param,
+            type_.process_result_value,
         )
 
     for direction in ("encrypt", "decrypt"):
         candidates = {}
         for name, (enc, dec) in pairs.items():
-            sealed = [enc(v) for v in VALUES]
-            assert [dec(s) for s in sealed[:3]] == VALUES[:3]
+            sealed = [enc(v, dialect) for v in VALUES]
+            assert [dec(s, dialect) for s in sealed[:3]] == VALUES[:3]
 
             async def run(enc=enc, dec=dec, sealed=sealed, direction=direction) -> int:
                 if direction == "encrypt":
                     for v in VALUES:
-                        enc(v)
+                        enc(v, dialect)
                 else:
                     for s in sealed:
-                        dec(s)
+                        dec(s, dialect)
                 return len(VALUES)
 
             candidates[name] = run
