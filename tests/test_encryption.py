@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import re
+import subprocess
+import sys
+from typing import Any
 
 import pytest
 from sqlalchemy import (
@@ -15,10 +18,12 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    TypeDecorator,
     insert,
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from dbkeel import DatabaseManager, EncryptedType
@@ -348,3 +353,43 @@ def test_blind_index_key_must_differ_from_encryption_keys() -> None:
         make_settings(
             "sqlite+aiosqlite://", encryption_keys=f"k1:{B64['k1']}", blind_index_key=B64["k1"]
         )
+
+
+class PortableJSON(TypeDecorator[Any]):
+    """Stands in for dbkeel's JSONBType until the types branch merges."""
+
+    impl = JSON().with_variant(JSONB(), "postgresql")
+    cache_ok = True
+
+
+async def test_json_type_decorator_inner_type_round_trips(
+    enc_db: DatabaseManager, create_tables: CreateTables
+) -> None:
+    md = MetaData()
+    t = Table(
+        "enc_json",
+        md,
+        Column("id", Integer, primary_key=True),
+        Column("doc", EncryptedType(PortableJSON)),
+    )
+    await create_tables(enc_db, md)
+    doc = {"roles": ["admin"], "score": 1.5, "name": "Zoë"}
+    async with enc_db.engine.begin() as conn:
+        await conn.execute(insert(t), [{"id": 1, "doc": doc}])
+        assert await conn.scalar(select(t.c.doc)) == doc
+        raw = await conn.scalar(
+            select(Column("doc", LargeBinary)).select_from(Table("enc_json", MetaData()))
+        )
+    assert b"admin" not in bytes(raw)
+
+
+def test_missing_cryptography_names_the_encryption_extra() -> None:
+    code = (
+        "import sys; sys.modules['cryptography'] = None\n"
+        "from dbkeel.encryption import KeyRing\n"
+        "try:\n    KeyRing({'k1': bytes(32)}, active='k1')\n"
+        "except Exception as exc:\n    print(type(exc).__name__, exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("MissingDependencyError")
+    assert "pip install 'dbkeel[encryption]'" in out.stdout

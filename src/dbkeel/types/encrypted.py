@@ -82,7 +82,16 @@ class EncryptedType(TypeDecorator[Any]):
         self._kind = _kind_of(self.inner)
         length = getattr(self.inner, "length", None)
         self._max_chars: int | None = length if self._kind == _STR else None
-        self._inner_td = self.inner if isinstance(self.inner, TypeDecorator) else None
+        # an inner TypeDecorator's own processing, when it has any (the base class raises)
+        inner_cls: Any = type(self.inner)
+        is_td = isinstance(self.inner, TypeDecorator)
+        self._inner_bind = is_td and (
+            inner_cls.process_bind_param is not TypeDecorator.process_bind_param
+        )
+        self._inner_result = is_td and (
+            inner_cls.process_result_value is not TypeDecorator.process_result_value
+        )
+        self._inner_td = self.inner if self._inner_bind or self._inner_result else None
         # a str column with no inner processing: the fast path of both directions
         self._plain_str = self._kind == _STR and self._inner_td is None
         self._column: Column[Any] | None = None
@@ -183,8 +192,8 @@ class EncryptedType(TypeDecorator[Any]):
             return data.decode()
         data = ring.open(value, ident)
         result: Any = json.loads(data) if self._kind == _JSON else data
-        if self._inner_td is not None:
-            result = self._inner_td.process_result_value(result, dialect)
+        if self._inner_result:
+            result = self.inner.process_result_value(result, dialect)  # type: ignore[attr-defined]
         return result
 
     def __repr__(self) -> str:
@@ -193,8 +202,8 @@ class EncryptedType(TypeDecorator[Any]):
     # -- helpers -----------------------------------------------------------------------
 
     def _serialize(self, value: Any, dialect: Dialect) -> bytes:
-        if self._inner_td is not None:
-            value = self._inner_td.process_bind_param(value, dialect)
+        if self._inner_bind:
+            value = self.inner.process_bind_param(value, dialect)  # type: ignore[attr-defined]
         if self._kind == _STR:
             if not isinstance(value, str):
                 raise self._refused(value, f"a {type(value).__name__}, not a str")
