@@ -6,7 +6,6 @@ import logging
 import re
 import subprocess
 import sys
-from typing import Any
 
 import pytest
 from sqlalchemy import (
@@ -18,15 +17,13 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    TypeDecorator,
     insert,
     select,
     update,
 )
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from dbkeel import DatabaseManager, EncryptedType
+from dbkeel import DatabaseManager, EncryptedType, JSONBType
 from dbkeel.encryption import KeyRing, use_key_ring
 from dbkeel.exceptions import (
     ConfigurationError,
@@ -355,14 +352,7 @@ def test_blind_index_key_must_differ_from_encryption_keys() -> None:
         )
 
 
-class PortableJSON(TypeDecorator[Any]):
-    """Stands in for dbkeel's JSONBType until the types branch merges."""
-
-    impl = JSON().with_variant(JSONB(), "postgresql")
-    cache_ok = True
-
-
-async def test_json_type_decorator_inner_type_round_trips(
+async def test_jsonb_type_inner_round_trips_and_refuses_without_showing_value(
     enc_db: DatabaseManager, create_tables: CreateTables
 ) -> None:
     md = MetaData()
@@ -370,13 +360,16 @@ async def test_json_type_decorator_inner_type_round_trips(
         "enc_json",
         md,
         Column("id", Integer, primary_key=True),
-        Column("doc", EncryptedType(PortableJSON)),
+        Column("doc", EncryptedType(JSONBType)),
     )
     await create_tables(enc_db, md)
     doc = {"roles": ["admin"], "score": 1.5, "name": "Zoë"}
     async with enc_db.engine.begin() as conn:
         await conn.execute(insert(t), [{"id": 1, "doc": doc}])
         assert await conn.scalar(select(t.c.doc)) == doc
+        with pytest.raises(EncryptedValueError, match="refused by JSONBType") as info:
+            await conn.execute(insert(t), [{"id": 2, "doc": {"x": float("nan")}}])
+        assert "nan" not in str(info.value).lower().replace("nvalid", "")
         raw = await conn.scalar(
             select(Column("doc", LargeBinary)).select_from(Table("enc_json", MetaData()))
         )

@@ -22,8 +22,20 @@ from dbkeel.exceptions import MissingDependencyError as MissingDependencyError
 from dbkeel.exceptions import PoolExhaustedError as PoolExhaustedError
 from dbkeel.exceptions import RetryableError as RetryableError
 from dbkeel.manager import DatabaseManager as DatabaseManager
+from dbkeel.mixins import DbkeelSession as DbkeelSession
+from dbkeel.mixins import SoftDeleteMixin as SoftDeleteMixin
+from dbkeel.mixins import TimestampMixin as TimestampMixin
+from dbkeel.mixins import VersionMixin as VersionMixin
+from dbkeel.mixins import purge_deleted as purge_deleted
+from dbkeel.mixins import soft_delete_unique as soft_delete_unique
 from dbkeel.settings import DatabaseSettings as DatabaseSettings
-from dbkeel.types.encrypted import EncryptedType as EncryptedType
+from dbkeel.types import ArrayType as ArrayType
+from dbkeel.types import EncryptedType as EncryptedType
+from dbkeel.types import JSONBType as JSONBType
+from dbkeel.types import StringArray as StringArray
+from dbkeel.types import UTCDateTime as UTCDateTime
+from dbkeel.types import UUIDType as UUIDType
+from dbkeel.types import uuid7 as uuid7
 
 __version__ = "0.1.0"
 
@@ -32,6 +44,7 @@ __version__ = "0.1.0"
 db_manager = DatabaseManager()
 
 __all__ = [
+    "ArrayType",
     "CommitOutcomeUnknownError",
     "ConcurrentUpdateError",
     "ConfigurationError",
@@ -40,12 +53,23 @@ __all__ = [
     "DatabaseSettings",
     "DatabaseUnavailableError",
     "DbkeelError",
+    "DbkeelSession",
     "DecryptionError",
     "EncryptedType",
     "InvalidValueError",
+    "JSONBType",
     "ManagerStateError",
     "MissingDependencyError",
     "PoolExhaustedError",
     "RetryableError",
+    "SoftDeleteMixin",
+    "StringArray",
+    "TimestampMixin",
+    "UTCDateTime",
+    "UUIDType",
+    "VersionMixin",
     "db_manager",
+    "purge_deleted",
+    "soft_delete_unique",
+    "uuid7",
 ]

@@ -27,7 +27,12 @@ from sqlalchemy.types import JSON, LargeBinary, String, TypeDecorator, TypeEngin
 
 from dbkeel.encryption import registry
 from dbkeel.encryption.envelope import OVERHEAD
-from dbkeel.exceptions import ConfigurationError, EncryptedValueError, KeyRingError
+from dbkeel.exceptions import (
+    ConfigurationError,
+    EncryptedValueError,
+    InvalidValueError,
+    KeyRingError,
+)
 
 __all__ = ["EncryptedType"]
 
@@ -203,7 +208,14 @@ class EncryptedType(TypeDecorator[Any]):
 
     def _serialize(self, value: Any, dialect: Dialect) -> bytes:
         if self._inner_bind:
-            value = self.inner.process_bind_param(value, dialect)  # type: ignore[attr-defined]
+            try:
+                value = self.inner.process_bind_param(value, dialect)  # type: ignore[attr-defined]
+            except (InvalidValueError, TypeError, ValueError) as exc:
+                # the inner type's message would show the value: the plaintext
+                why = f"refused by {self.inner!r} ({type(exc).__name__})"
+                raise self._refused(value, why) from None
+            if self._kind == _JSON and isinstance(value, str):
+                return value.encode()  # a JSON TypeDecorator (JSONBType) returns JSON text
         if self._kind == _STR:
             if not isinstance(value, str):
                 raise self._refused(value, f"a {type(value).__name__}, not a str")
