@@ -386,3 +386,18 @@ def test_missing_cryptography_names_the_encryption_extra() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.startswith("MissingDependencyError")
     assert "pip install 'dbkeel[encryption]'" in out.stdout
+
+
+def test_alembic_renders_an_importable_encrypted_type() -> None:
+    from types import SimpleNamespace
+
+    from dbkeel.types.alembic import render_item
+
+    ctx = SimpleNamespace(imports=set(), opts={"sqlalchemy_module_prefix": "sa."})
+    assert render_item("type", EncryptedType(String(40)), ctx) == (
+        "dbkeel.types.EncryptedType(sa.String(length=40))"
+    )
+    assert render_item("type", EncryptedType(JSONBType), ctx) == (
+        "dbkeel.types.EncryptedType(dbkeel.types.JSONBType())"
+    )
+    assert ctx.imports == {"import dbkeel.types"}
