@@ -35,6 +35,8 @@ from dbkeel.settings import DatabaseSettings
 if TYPE_CHECKING:
     from types import TracebackType
 
+    from dbkeel.encryption.keys import KeyProvider
+
 __all__ = ["DatabaseManager"]
 
 logger = logging.getLogger(__name__)
@@ -61,8 +63,13 @@ class DatabaseManager:
         await db.close()
     """
 
-    def __init__(self, settings: DatabaseSettings | None = None) -> None:
+    def __init__(
+        self, settings: DatabaseSettings | None = None, *, key_provider: KeyProvider | None = None
+    ) -> None:
         self._settings = settings
+        # Encrypted columns: keys come from this provider (a KMS, a vault) instead of the
+        # DATABASE_ENCRYPTION_KEYS setting; it is called once, in initialize().
+        self._key_provider = key_provider
         self._engine: AsyncEngine | None = None
         self._session_factory: async_sessionmaker[AsyncSession] | None = None
         self._state: _State = "new"
@@ -95,6 +102,10 @@ class DatabaseManager:
         ``settings.initialize_timeout`` (10 s by default), then raises
         :class:`DatabaseUnavailableError`. Authentication failures and unknown databases
         fail at once. Calling it again on a ready manager does nothing.
+
+        The key ring of encrypted columns is resolved here, once (from *key_provider* or
+        ``DATABASE_ENCRYPTION_KEYS``): if the models define encrypted columns and no keys
+        are configured, :class:`ConfigurationError` is raised before any connection.
         """
         async with self._init_lock:
             if self._state == "ready":
@@ -113,7 +124,13 @@ class DatabaseManager:
                     settings.environment,
                     extra={"app_name": settings.app_name},
                 )
+            # Keys first: a model with encrypted columns but no key ring fails at startup,
+            # before an engine exists, not at its first row.
+            from dbkeel.encryption.registry import install_key_ring, load_key_ring
+
+            key_ring = await load_key_ring(settings, self._key_provider)
             engine = create_engine(settings)
+            install_key_ring(engine, key_ring)
             if settings.effective_monitoring:
                 # Before the first connection, so its connect time is counted too.
                 self._start_monitoring(engine, settings)
