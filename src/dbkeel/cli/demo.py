@@ -79,6 +79,9 @@ async def run_demo() -> int:
     _step_number = 0
     try:
         await _demo_steps(db, settings)
+    except DbkeelError as exc:
+        print_error(exc)
+        return 1
     finally:
         await db.close()
     console.print(Panel.fit("[bold green]demo finished[/]: every step above ran for real."))
@@ -139,6 +142,7 @@ async def _demo_steps(db: DatabaseManager, settings: DatabaseSettings) -> None:
     console.print(f"customers after the rollback: {count} (Charles was never committed)")
 
     await _demo_mixins(db)
+    await _demo_encryption(db)
     await _demo_monitoring(db)
     await _doctor_step(settings)  # last: it audits everything the demo set up
 
@@ -221,3 +225,73 @@ async def _demo_monitoring(db: DatabaseManager) -> None:
     shown = [line for line in lines if "_bucket" not in line]
     console.print("\n".join(shown), markup=False, highlight=False, soft_wrap=True)
     console.print(f"({len(lines) - len(shown)} histogram bucket lines not shown)")
+
+
+async def _demo_encryption(db: DatabaseManager) -> None:
+    """An encrypted, blind-indexed email column; then a key rotation under live data.
+
+    The model is built here, not at import: encrypted columns make initialize() demand a
+    key ring, and the demo's keys are made up on the spot rather than configured.
+    """
+    try:
+        from dbkeel.encryption import (
+            BlindIndex,
+            KeyRing,
+            blind_match,
+            generate_key,
+            rotate_keys,
+            use_key_ring,
+        )
+        from dbkeel.encryption.registry import forget_table
+        from dbkeel.types import EncryptedType
+
+        KeyRing.parse("k:" + generate_key()[1])  # imports cryptography
+    except DbkeelError as exc:  # MissingDependencyError without dbkeel[encryption]
+        _step("encrypted columns")
+        console.print(f"[yellow]{exc}[/]")
+        return
+
+    _step("encrypted column + blind index (EncryptedType, AES-256-GCM)")
+
+    class SecretBase(DeclarativeBase):
+        pass
+
+    class Patient(SecretBase):
+        __tablename__ = "demo_patients"
+
+        id: Mapped[int] = mapped_column(primary_key=True)
+        email: Mapped[str] = mapped_column(EncryptedType(String(200)))
+        email_index: Mapped[bytes | None] = mapped_column(BlindIndex("email"), index=True)
+
+    old_id, old_key = generate_key("demo-2025")
+    new_id, new_key = generate_key("demo-2026")
+    index_key = generate_key()[1]
+    use_key_ring(db.engine, KeyRing.parse(f"{old_id}:{old_key}", index_key=index_key))
+    async with db.engine.begin() as conn:
+        await conn.run_sync(SecretBase.metadata.drop_all)
+        await conn.run_sync(SecretBase.metadata.create_all)
+    async with db.get_session() as session:
+        session.add_all([Patient(id=i, email=f"patient{i}@example.com") for i in range(1, 201)])
+    async with db.engine.connect() as conn:
+        raw = await conn.scalar(text("SELECT email FROM demo_patients WHERE id = 1"))
+    console.print(
+        f"stored for patient1@example.com: {bytes(raw)[:24].hex()}... ({len(raw)} bytes, "
+        f"key id {old_id!r} in the header; the plaintext is not in the database)"
+    )
+    async with db.get_session() as session:
+        found = await session.scalar(
+            select(Patient).where(blind_match(Patient.email_index, "Patient42@Example.com"))
+        )
+    console.print(f"blind-index lookup of 'Patient42@Example.com' -> id {found and found.id}")
+
+    # Rotation: new key active, old key still on the ring to read what is not rotated yet.
+    ring = KeyRing.parse(f"{old_id}:{old_key},{new_id}:{new_key}", new_id, index_key)
+    use_key_ring(db.engine, ring)
+    report = await rotate_keys(db, columns=["demo_patients.email"], batch_size=50)
+    for column in report.columns:
+        console.print(f"rotated {column.name}: before {column.before} -> after {column.after}")
+    async with db.engine.begin() as conn:
+        await conn.run_sync(SecretBase.metadata.drop_all)
+    # Encrypted columns register process-wide; this model was only for the demo, so the
+    # doctor's own manager (last step) must not ask for the demo's made-up keys.
+    forget_table(SecretBase.metadata.tables["demo_patients"])

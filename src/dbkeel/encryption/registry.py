@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from dbkeel.exceptions import ConfigurationError, KeyRingError
 
 if TYPE_CHECKING:
-    from sqlalchemy import Column
+    from sqlalchemy import Column, Table
     from sqlalchemy.engine import Dialect, Engine
     from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     "RING_ATTRIBUTE",
     "encrypted_columns",
+    "forget_table",
     "install_key_ring",
     "register",
     "ring_for",
@@ -47,6 +48,20 @@ _columns: weakref.WeakKeyDictionary[Column[Any], str] = weakref.WeakKeyDictionar
 def register(column: Column[Any], kind: str) -> None:
     """Record *column* (attached to its table) as needing keys of *kind*."""
     _columns[column] = kind
+
+
+def forget_table(table: Table) -> None:
+    """Stop counting *table*'s columns as needing keys (for models built temporarily).
+
+    The registry is weak, but a table stays reachable through an engine's statement cache
+    long after its model is gone; a demo or test that built an encrypted model for a
+    moment calls this so that later managers do not ask for its keys. Example::
+
+        forget_table(Patient.__table__)
+    """
+    for column in list(_columns):
+        if column.table is table:
+            del _columns[column]
 
 
 def encrypted_columns(kind: str = "encrypted") -> list[Column[Any]]:
