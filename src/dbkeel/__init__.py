@@ -9,6 +9,10 @@ Example::
             ...
 """
 
+from dbkeel.bulk import bulk_insert as bulk_insert
+from dbkeel.bulk import bulk_upsert as bulk_upsert
+from dbkeel.exceptions import BulkLoadInterruptedError as BulkLoadInterruptedError
+from dbkeel.exceptions import BulkRowError as BulkRowError
 from dbkeel.exceptions import CommitOutcomeUnknownError as CommitOutcomeUnknownError
 from dbkeel.exceptions import ConcurrentUpdateError as ConcurrentUpdateError
 from dbkeel.exceptions import ConfigurationError as ConfigurationError
@@ -31,6 +35,8 @@ __version__ = "0.1.0"
 db_manager = DatabaseManager()
 
 __all__ = [
+    "BulkLoadInterruptedError",
+    "BulkRowError",
     "CommitOutcomeUnknownError",
     "ConcurrentUpdateError",
     "ConfigurationError",
@@ -45,5 +51,7 @@ __all__ = [
     "MissingDependencyError",
     "PoolExhaustedError",
     "RetryableError",
+    "bulk_insert",
+    "bulk_upsert",
     "db_manager",
 ]
