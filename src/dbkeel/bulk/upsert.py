@@ -13,6 +13,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+from sqlalchemy import literal_column
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.schema import ColumnDefault
 
@@ -37,16 +38,17 @@ class UpsertWriter:
         plan.processors()
         self.dialect_name = dialect_name
         pk = [plan.mapper.get_property_by_column(c).key for c in plan.mapper.primary_key]
+        if conflict is not None:
+            self._check_keys("conflict", conflict)
         self.conflict = list(conflict) if conflict is not None else pk
-        self._check_keys("conflict", self.conflict)
         if not self.conflict:
             raise ConfigurationError(
                 f"bulk_upsert of {plan.model_name} got conflict=[]: name the unique "
                 f"column(s) whose clash turns the insert into an update."
             )
+        if update is not None:
+            self._check_keys("update", update)
         self.update = None if update is None else list(update)
-        if self.update is not None:
-            self._check_keys("update", self.update)
         self._built: _Built | None = None
 
     def _check_keys(self, argument: str, keys: Sequence[str]) -> None:
@@ -87,13 +89,19 @@ class UpsertWriter:
             onupdate = p.column.onupdate
             if p.key in chosen or p.key in self.conflict or not isinstance(onupdate, ColumnDefault):
                 continue
-            if onupdate.is_callable:
+            if onupdate.is_callable and mysql:
+                # asyncmy's executemany cannot take parameters after VALUES (..), so the
+                # row's own insert value (for updated_at: its insert default, now) is used.
+                values[p.column.name] = incoming[p.column.name]
+            elif onupdate.is_callable:
                 callables[p.column.name] = onupdate.arg  # one value per batch
             else:
                 values[p.column.name] = onupdate.arg  # scalar or SQL expression
         version = plan.mapper.version_id_col
         if version is not None and version.table is plan.table:
-            values[version.name] = plan.table.c[version.name] + 1
+            values[version.name] = plan.table.c[version.name] + literal_column(
+                "1"
+            )  # no bind: asyncmy
         if not values and not callables:
             raise ConfigurationError(
                 f"bulk_upsert of {plan.model_name} has nothing to update on conflict: the "
