@@ -12,7 +12,8 @@ from pathlib import Path
 def main() -> None:
     here = Path(__file__).parent
     available = sorted(
-        m.name.removeprefix("bench_") for m in pkgutil.iter_modules([str(here)])
+        m.name.removeprefix("bench_")
+        for m in pkgutil.iter_modules([str(here)])
         if m.name.startswith("bench_")
     )
     wanted = sys.argv[1:] or available

@@ -81,12 +81,15 @@ def report(title: str, rows: list[Row], *, baseline: str, goal: str = "") -> Non
     table.add_column("ops/s", justify="right")
     table.add_column(f"time ratio vs {baseline}", justify="right")
     for row in rows:
-        table.add_row(row.name, f"{row.median_s * 1000:.1f} ms", f"{row.ops_per_s:,.0f}",
-                      f"{row.ratio:.3f}")
+        table.add_row(
+            row.name, f"{row.median_s * 1000:.1f} ms", f"{row.ops_per_s:,.0f}", f"{row.ratio:.3f}"
+        )
     console.print(table)
     RESULTS.mkdir(exist_ok=True)
     slug = "".join(c if c.isalnum() else "_" for c in title.lower()).strip("_")[:60]
     (RESULTS / f"{slug}.json").write_text(
-        json.dumps({"title": title, "baseline": baseline, "goal": goal,
-                    "rows": [asdict(r) for r in rows]}, indent=2)
+        json.dumps(
+            {"title": title, "baseline": baseline, "goal": goal, "rows": [asdict(r) for r in rows]},
+            indent=2,
+        )
     )

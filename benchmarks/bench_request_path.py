@@ -32,7 +32,10 @@ class Item(Base):
 
 async def main() -> None:
     settings = DatabaseSettings(
-        database_url=PG_URL, environment="production", pool_size=TASKS, max_overflow=0,
+        database_url=PG_URL,
+        environment="production",
+        pool_size=TASKS,
+        max_overflow=0,
         app_name="dbkeel-bench",
     )
     async with DatabaseManager(settings) as db:
@@ -40,8 +43,10 @@ async def main() -> None:
             await conn.run_sync(Base.metadata.drop_all)
             await conn.run_sync(Base.metadata.create_all)
             await conn.execute(
-                text("INSERT INTO bench_request_items (id, name) "
-                     "SELECT g, 'item ' || g FROM generate_series(1, 1000) g")
+                text(
+                    "INSERT INTO bench_request_items (id, name) "
+                    "SELECT g, 'item ' || g FROM generate_series(1, 1000) g"
+                )
             )
         # hand-written: the same engine, the same sessionmaker options, the usual idiom
         plain = async_sessionmaker(db.engine, expire_on_commit=False, class_=AsyncSession)

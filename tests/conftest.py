@@ -152,6 +152,18 @@ async def pg_db(pg_url: str) -> AsyncIterator[DatabaseManager]:
         yield manager
 
 
+@pytest.fixture(autouse=True)
+async def fail_on_unhandled_loop_errors() -> AsyncIterator[None]:
+    """An exception nobody awaited (a task that died, a callback that raised) fails the test."""
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    yield
+    loop.set_exception_handler(previous)
+    assert not errors, f"unhandled event-loop errors: {errors}"
+
+
 CreateTables = Callable[[DatabaseManager, MetaData], Awaitable[None]]
 
 

@@ -166,11 +166,14 @@ async def test_unreachable_server_gives_up_within_the_budget(url: str) -> None:
         await db.initialize()
     elapsed = time.monotonic() - start
     message = str(info.value)
-    assert 0.5 < elapsed < 3.0
+    # It stops early rather than overrun: once the next backoff would not fit in the
+    # budget, it gives up (so anything from ~0.4 s up to the budget is right).
+    assert elapsed < 1.0 + 2.0  # slack for a loaded machine
     assert "127.0.0.1:1" in message and "'appdb'" in message
     assert ("asyncpg" in message) or ("asyncmy" in message)
     assert SECRET not in message
-    assert "attempts" in message
+    attempts = int(message.split(" attempts")[0].rsplit(" ", 1)[1])
+    assert attempts >= 2  # it did retry
     assert not db.is_initialized
 
 

@@ -158,3 +158,9 @@ def test_settings_are_immutable_values() -> None:
     s = DatabaseSettings()
     with pytest.raises(Exception, match="frozen"):
         s.pool_size = 3  # type: ignore[misc]
+
+
+def test_readme_documents_every_variable() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    for field, variable in DatabaseSettings.ENV_NAMES.items():
+        assert f"| `{variable}` | `{field}` |" in readme, variable

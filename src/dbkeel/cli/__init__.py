@@ -4,6 +4,7 @@ so ``dbkeel --help`` stays quick and ``import dbkeel`` never imports the CLI at 
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import typer
 
@@ -18,6 +19,21 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _configure(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also show info log lines."),
+) -> None:
+    """Send dbkeel's log lines (retries, warnings) to stderr, formatted for people."""
+    from rich.logging import RichHandler
+
+    from dbkeel.cli._console import err_console
+
+    handler = RichHandler(console=err_console, show_path=False, show_time=False)
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(message)s", handlers=[handler]
+    )
 
 
 @app.command()
