@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -67,7 +68,7 @@ def _python_default(
     column: Column[Any], factory: Callable[[], Any] | None
 ) -> Callable[[dict[str, Any]], Any] | None:
     if factory is not None:
-        return lambda _row: factory()
+        return _Plain(factory)
     default = column.default
     if not isinstance(default, ColumnDefault):
         return None
@@ -76,8 +77,40 @@ def _python_default(
         return lambda _row: value
     if default.is_callable:
         fn: Any = default.arg
+        plain = _zero_argument(getattr(fn, "__wrapped__", None))
+        if plain is not None:
+            # SQLAlchemy wraps a zero-argument default as `lambda ctx: fn()`; calling fn
+            # itself (as `.plain`) saves a context object and two calls per row.
+            return _Plain(plain)
         return lambda row: fn(DefaultContext(row))
     return None
+
+
+class _Plain:
+    """A zero-argument default, callable with the row like the others."""
+
+    __slots__ = ("plain",)
+
+    def __init__(self, plain: Callable[[], Any]) -> None:
+        self.plain = plain
+
+    def __call__(self, _row: dict[str, Any]) -> Any:
+        return self.plain()
+
+
+def _zero_argument(fn: Any) -> Callable[[], Any] | None:
+    if not callable(fn):
+        return None
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+    required = [
+        p
+        for p in signature.parameters.values()
+        if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    return None if required else fn
 
 
 def _sql_default(column: Column[Any]) -> ColumnElement[Any] | None:
@@ -171,14 +204,19 @@ class RowPlan:
         defaults are left out when the row does not give them, as an INSERT would.
         """
         keys = self.keys
-        fillers = [(p.key, p.default) for p in self.columns if p.default is not None]
-        required = [p.key for p in self.columns if p.required]
+        fillers = [
+            (p.key, getattr(p.default, "plain", None), p.default)
+            for p in self.columns
+            if p.default is not None
+        ]
+        required = frozenset(p.key for p in self.columns if p.required)
         not_null = [p.key for p in self.columns if not p.column.nullable]
         computed = self.computed
+        width = len(keys)
         out: list[dict[str, Any]] = []
         append = out.append
         for offset, row in enumerate(rows):
-            if not isinstance(row, Mapping):
+            if type(row) is not dict and not isinstance(row, Mapping):
                 index = start + offset
                 raise BulkRowError(
                     f"row {index} of the {self.model_name} bulk write is a "
@@ -189,15 +227,17 @@ class RowPlan:
             if not keys.issuperset(row):
                 raise self._bad_key(start + offset, row)
             filled = dict(row)
-            for key, default in fillers:
-                if key not in filled:
-                    filled[key] = default(filled)
-            for key in required:
-                if key not in filled:
+            if len(filled) != width:
+                for key, plain, default in fillers:
+                    if key not in filled:
+                        filled[key] = plain() if plain is not None else default(filled)
+                if not required.issubset(filled):
+                    key = sorted(required - filled.keys())[0]
                     raise self._missing(start + offset, key)
-            for key in not_null:
-                if key in filled and filled[key] is None:
-                    self._check_not_null(self.by_key[key], start + offset)
+            if None in filled.values():
+                for key in not_null:
+                    if key in filled and filled[key] is None:
+                        self._check_not_null(self.by_key[key], start + offset)
             if computed and not computed.isdisjoint(row):
                 raise self._computed(start + offset, row)
             append(filled)
