@@ -188,7 +188,10 @@ async def main() -> None:
 
 def _memory_report(n: int) -> None:
     # A fresh process, so that the peak (VmHWM) belongs to this load alone.
-    code = f"import asyncio; from benchmarks.bench_bulk import memory_probe; asyncio.run(memory_probe({n}))"
+    code = (
+        "import asyncio; from benchmarks.bench_bulk import memory_probe; "
+        f"asyncio.run(memory_probe({n}))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     console.print(out.stdout.strip())
 
