@@ -6,17 +6,26 @@ it runs the same steps on PostgreSQL or MariaDB. Each step prints what it did.
 
 from __future__ import annotations
 
+import datetime as dt
+import os
+import time
+import uuid
+from collections.abc import Iterator
 from decimal import Decimal
+from typing import Any
 
 from rich.panel import Panel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
-from sqlalchemy import ForeignKey, Numeric, String, func, select
+from sqlalchemy import JSON, ForeignKey, Numeric, String, Uuid, func, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from dbkeel.bulk import bulk_insert
 from dbkeel.cli._console import console, print_error
 from dbkeel.exceptions import DbkeelError
 from dbkeel.manager import DatabaseManager
 from dbkeel.settings import DatabaseSettings
+from dbkeel.types import UTCDateTime
 
 
 class DemoBase(DeclarativeBase):
@@ -40,6 +49,20 @@ class Order(DemoBase):
     item: Mapped[str] = mapped_column(String(100))
     amount: Mapped[Decimal] = mapped_column(Numeric(10, 2))
     customer: Mapped[Customer] = relationship(back_populates="orders")
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class PageView(DemoBase):
+    __tablename__ = "demo_page_views"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    path: Mapped[str] = mapped_column(String(200))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON)
+    seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=_now)
 
 
 class _DemoAbort(Exception):
@@ -80,7 +103,7 @@ async def _demo_steps(db: DatabaseManager, settings: DatabaseSettings) -> None:
     async with db.engine.begin() as conn:
         await conn.run_sync(DemoBase.metadata.drop_all)
         await conn.run_sync(DemoBase.metadata.create_all)
-    console.print("created demo_customers, demo_orders")
+    console.print("created demo_customers, demo_orders, demo_page_views")
 
     _step("3. write in one transaction (get_session commits on success)")
     async with db.get_session() as session:
@@ -119,3 +142,42 @@ async def _demo_steps(db: DatabaseManager, settings: DatabaseSettings) -> None:
     async with db.get_session() as session:
         count = await session.scalar(select(func.count()).select_from(Customer)) or 0
     console.print(f"customers after the rollback: {count} (Charles was never committed)")
+
+    await _bulk_step(db)
+
+
+def _page_views(count: int) -> Iterator[dict[str, Any]]:
+    start = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    for i in range(count):
+        yield {
+            "path": f"/products/{i % 997}",
+            "detail": {"visitor": i % 5003, "ms": i % 250},
+            "seen_at": start + dt.timedelta(seconds=i),
+        }
+
+
+async def _bulk_step(db: DatabaseManager) -> None:
+    # DBKEEL_DEMO_BULK_ROWS lets the test suite run a short version of this step.
+    count = int(os.environ.get("DBKEEL_DEMO_BULK_ROWS", "300000"))
+    _step(f"6. bulk load: {count:,} rows streamed through bulk_insert()")
+    method = "COPY" if db.engine.dialect.driver == "asyncpg" else "batched INSERT"
+    columns = (
+        TextColumn("[cyan]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    )
+    started = time.perf_counter()
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task(f"{method} demo_page_views", total=count)
+
+        def advance(done: int, _total: int | None) -> None:
+            progress.update(task, completed=done)
+
+        async with db.get_session() as session:
+            written = await bulk_insert(session, PageView, _page_views(count), on_progress=advance)
+    seconds = time.perf_counter() - started
+    console.print(
+        f"bulk_insert wrote {written:,} rows with {method} in {seconds:.1f} s "
+        f"({written / seconds:,.0f} rows/s), generated from a stream in bounded memory"
+    )
