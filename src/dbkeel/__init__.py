@@ -27,6 +27,12 @@ from dbkeel.exceptions import PoolExhaustedError as PoolExhaustedError
 from dbkeel.exceptions import RetryableError as RetryableError
 from dbkeel.manager import DatabaseManager as DatabaseManager
 from dbkeel.settings import DatabaseSettings as DatabaseSettings
+from dbkeel.types import ArrayType as ArrayType
+from dbkeel.types import JSONBType as JSONBType
+from dbkeel.types import StringArray as StringArray
+from dbkeel.types import UTCDateTime as UTCDateTime
+from dbkeel.types import UUIDType as UUIDType
+from dbkeel.types import uuid7 as uuid7
 
 __version__ = "0.1.0"
 
@@ -35,6 +41,7 @@ __version__ = "0.1.0"
 db_manager = DatabaseManager()
 
 __all__ = [
+    "ArrayType",
     "BulkLoadInterruptedError",
     "BulkRowError",
     "CommitOutcomeUnknownError",
@@ -47,11 +54,16 @@ __all__ = [
     "DbkeelError",
     "DecryptionError",
     "InvalidValueError",
+    "JSONBType",
     "ManagerStateError",
     "MissingDependencyError",
     "PoolExhaustedError",
     "RetryableError",
+    "StringArray",
+    "UTCDateTime",
+    "UUIDType",
     "bulk_insert",
     "bulk_upsert",
     "db_manager",
+    "uuid7",
 ]

@@ -14,7 +14,12 @@ from typing import TYPE_CHECKING
 import sqlalchemy.exc
 from sqlalchemy.orm.exc import StaleDataError
 
-from dbkeel.exceptions import ConcurrentUpdateError, DbkeelError, PoolExhaustedError
+from dbkeel.exceptions import (
+    ConcurrentUpdateError,
+    DbkeelError,
+    InvalidValueError,
+    PoolExhaustedError,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy.pool import Pool
@@ -26,7 +31,10 @@ _STALE_TABLE = re.compile(r"on table '([^']+)'")
 
 @contextmanager
 def translate_errors(pool: Pool | None = None, *, pool_timeout: float = 0.0) -> Iterator[None]:
-    """Re-raise pool timeouts and stale-version conflicts as their dbkeel classes.
+    """Re-raise pool timeouts, stale-version conflicts and refused values as dbkeel errors.
+
+    A column type's ``InvalidValueError`` reaches SQLAlchemy inside a ``StatementError``
+    (whose message would also print every bound parameter); it is raised as itself.
 
     Everything else passes through unchanged. The original is always ``__cause__``.
     """
@@ -36,6 +44,10 @@ def translate_errors(pool: Pool | None = None, *, pool_timeout: float = 0.0) -> 
         if isinstance(exc, DbkeelError):
             raise
         raise _pool_exhausted(pool, pool_timeout) from exc
+    except sqlalchemy.exc.StatementError as exc:
+        if isinstance(exc.orig, InvalidValueError):
+            raise exc.orig from exc
+        raise
     except StaleDataError as exc:
         match = _STALE_TABLE.search(str(exc))
         table = match.group(1) if match else "unknown table"

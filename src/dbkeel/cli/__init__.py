@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Annotated
 
 import typer
 
@@ -50,6 +51,28 @@ def demo() -> None:
     from dbkeel.cli.demo import run_demo
 
     raise typer.Exit(asyncio.run(run_demo()))
+
+
+@app.command()
+def doctor(
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Worker processes sharing these settings (default WEB_CONCURRENCY, else 1)."
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    strict: Annotated[bool, typer.Option(help="Exit 1 on warnings too, not only errors.")] = False,
+    models: Annotated[
+        str | None,
+        typer.Option(help="Also check the models: package.module:Base (or a MetaData)."),
+    ] = None,
+) -> None:
+    """Audit the settings and the live database; exit 0 ok, 1 errors, 2 unreachable."""
+    from dbkeel.cli.doctor import run_doctor_command
+
+    code = run_doctor_command(workers=workers, as_json=as_json, strict=strict, models=models)
+    raise typer.Exit(asyncio.run(code))
 
 
 def main() -> None:

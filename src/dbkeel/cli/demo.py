@@ -143,7 +143,18 @@ async def _demo_steps(db: DatabaseManager, settings: DatabaseSettings) -> None:
         count = await session.scalar(select(func.count()).select_from(Customer)) or 0
     console.print(f"customers after the rollback: {count} (Charles was never committed)")
 
+    await _doctor_step(settings)
     await _bulk_step(db)
+
+
+async def _doctor_step(settings: DatabaseSettings) -> None:
+    from dbkeel.cli.doctor import render_report
+    from dbkeel.doctor import run_doctor
+
+    _step("6. dbkeel doctor: this configuration and the demo models, audited")
+    report = await run_doctor(settings, metadata=DemoBase.metadata)
+    render_report(report)
+    console.print("run it yourself: dbkeel doctor --models yourapp.models:Base [--json]")
 
 
 def _page_views(count: int) -> Iterator[dict[str, Any]]:
@@ -158,8 +169,8 @@ def _page_views(count: int) -> Iterator[dict[str, Any]]:
 
 async def _bulk_step(db: DatabaseManager) -> None:
     # DBKEEL_DEMO_BULK_ROWS lets the test suite run a short version of this step.
-    count = int(os.environ.get("DBKEEL_DEMO_BULK_ROWS", "300000"))
-    _step(f"6. bulk load: {count:,} rows streamed through bulk_insert()")
+    count = int(os.environ.get("DBKEEL_DEMO_BULK_ROWS", "200000"))
+    _step(f"7. bulk load: {count:,} rows streamed through bulk_insert()")
     method = "COPY" if db.engine.dialect.driver == "asyncpg" else "batched INSERT"
     columns = (
         TextColumn("[cyan]{task.description}"),

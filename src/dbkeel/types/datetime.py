@@ -1,8 +1,14 @@
 """``UTCDateTime``: timezone-aware UTC datetimes on every database.
 
-PostgreSQL stores ``timestamptz``; SQLite and MariaDB keep no offset, so values are
-converted to UTC on the way in and UTC is attached again on the way out. A naive datetime
-is refused: guessing its zone is how off-by-hours bugs are born.
+============ ================================ ==========================================
+database     column                           on the way out
+============ ================================ ==========================================
+PostgreSQL   ``TIMESTAMP WITH TIME ZONE``     aware; converted to UTC
+SQLite       ``DATETIME`` (ISO text, UTC)     UTC attached again
+MariaDB      ``DATETIME(6)`` (UTC)            UTC attached again (microseconds kept)
+============ ================================ ==========================================
+
+A naive datetime is refused: guessing its zone is how off-by-hours bugs are born.
 
 Example::
 
@@ -12,23 +18,31 @@ Example::
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.engine import Dialect
-from sqlalchemy.types import DateTime, TypeDecorator
+from sqlalchemy.types import DateTime, TypeEngine
 
-from dbkeel.exceptions import InvalidValueError
+from dbkeel.types._base import PortableType
 
 __all__ = ["UTCDateTime"]
 
 UTC = dt.UTC
+_datetime = dt.datetime
 
 
-class UTCDateTime(TypeDecorator[dt.datetime]):
+class UTCDateTime(PortableType[dt.datetime]):
     """A ``DateTime(timezone=True)`` that only takes aware datetimes and returns UTC ones.
 
-    On PostgreSQL the column is ``TIMESTAMP WITH TIME ZONE``; on SQLite and MariaDB it
-    is a plain ``DATETIME`` holding UTC (MariaDB with microsecond precision).
+    Any zone is accepted and converted to UTC; a naive datetime, or anything that is not
+    a datetime, raises ``InvalidValueError`` naming the column.
+
+    Example::
+
+        created: Mapped[datetime] = mapped_column(
+            UTCDateTime, default_factory=lambda: datetime.now(timezone.utc)
+        )
     """
 
     impl = DateTime(timezone=True)
@@ -38,34 +52,39 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
     def python_type(self) -> type[dt.datetime]:
         return dt.datetime
 
-    def load_dialect_impl(self, dialect: Dialect) -> Any:
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
         if dialect.name in ("mysql", "mariadb"):
             from sqlalchemy.dialects.mysql import DATETIME
 
             return dialect.type_descriptor(DATETIME(fsp=6))
         return dialect.type_descriptor(DateTime(timezone=True))
 
+    def to_utc(self, value: Any) -> dt.datetime:
+        """*value* converted to UTC, or ``InvalidValueError`` naming the column."""
+        if not isinstance(value, dt.datetime):
+            raise self.invalid(
+                value,
+                "it stores datetime.datetime values only",
+                "Pass an aware datetime, e.g. datetime.now(timezone.utc).",
+            )
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise self.invalid(
+                value,
+                "a naive datetime cannot be stored as UTC unambiguously",
+                "Attach a zone, e.g. value.replace(tzinfo=timezone.utc) if it is UTC already.",
+            )
+        return value.astimezone(UTC)
+
+    def coerce_set(self, value: Any) -> Any:
+        if value is not None:
+            self.to_utc(value)
+        return value
+
     def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
         if value is None:
             return None
-        if not isinstance(value, dt.datetime):
-            raise InvalidValueError(
-                f"UTCDateTime column got {type(value).__name__} {value!r}: it stores "
-                f"datetime.datetime values only. Pass an aware datetime, e.g. "
-                f"datetime.now(timezone.utc).",
-                value=value,
-            )
-        if value.tzinfo is None or value.utcoffset() is None:
-            raise InvalidValueError(
-                f"UTCDateTime column got the naive datetime {value.isoformat()}: without a "
-                f"time zone it cannot be stored as UTC unambiguously. Attach one, e.g. "
-                f"value.replace(tzinfo=timezone.utc) if it is already UTC.",
-                value=value,
-            )
-        utc = value.astimezone(UTC)
-        if dialect.name == "postgresql":
-            return utc
-        return utc.replace(tzinfo=None)
+        utc = self.to_utc(value)
+        return utc if dialect.name == "postgresql" else utc.replace(tzinfo=None)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
         if value is None:
@@ -75,6 +94,54 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
         return value.astimezone(UTC)  # type: ignore[no-any-return]
+
+    # Single-closure processors doing what the two methods above do, chained with the
+    # dialect's own DateTime processor (SQLite's renders and parses ISO text).
+    def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any]:
+        to_utc = self.to_utc
+        impl_process = self.impl_instance.bind_processor(dialect)
+        if dialect.name == "postgresql":
+
+            def bind_aware(value: Any) -> Any:
+                if value is None or (value.__class__ is _datetime and value.tzinfo is UTC):
+                    return value
+                return to_utc(value)
+
+            return bind_aware
+
+        def bind_naive(value: Any) -> Any:
+            if value is None:
+                return None
+            if value.__class__ is not _datetime or value.tzinfo is not UTC:
+                value = to_utc(value)
+            naive = value.replace(tzinfo=None)
+            return impl_process(naive) if impl_process else naive
+
+        return bind_naive
+
+    def result_processor(self, dialect: Dialect, coltype: object) -> Callable[[Any], Any]:
+        impl_process = self.impl_instance.result_processor(dialect, coltype)
+        if dialect.name == "postgresql":
+
+            def result_aware(value: Any) -> Any:
+                if value is None or value.tzinfo is UTC:
+                    return value
+                return value.astimezone(UTC)
+
+            return result_aware
+
+        def result_naive(value: Any) -> Any:
+            if impl_process is not None:
+                value = impl_process(value)
+            if value is None:
+                return None
+            if value.__class__ is not _datetime:
+                return self.process_result_value(value, dialect)
+            if value.tzinfo is None:
+                return value.replace(tzinfo=UTC)
+            return value.astimezone(UTC)
+
+        return result_naive
 
     def __repr__(self) -> str:
         return "UTCDateTime()"

@@ -1,0 +1,131 @@
+"""dbkeel's column types against SQLAlchemy's built-ins (issue 3; goal: ratio <= 1.10).
+
+1. Bind + result processing per value, on the PostgreSQL (asyncpg) and SQLite dialects:
+   the processors SQLAlchemy runs for each parameter and each fetched value.
+2. A 10k-row insert + select on PostgreSQL through the same engine, one table per side.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime, Integer, MetaData, String, Table, Uuid, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.types import TypeEngine
+
+from benchmarks._harness import PG_URL, compare
+from dbkeel.types import JSONBType, StringArray, UTCDateTime, UUIDType, uuid7
+
+VALUES = 20_000
+ROWS = 10_000
+NOW = dt.datetime.now(dt.UTC)
+SAMPLES: dict[str, Any] = {
+    "uuid": uuid7(),
+    "json": {"theme": "dark", "n": [1, 2, 3], "nested": {"a": "b"}},
+    "list": ["admin", "staff", "ops"],
+    "datetime": NOW,
+}
+
+
+def processors(type_: TypeEngine[Any], dialect: Any, sample: Any) -> tuple[Any, Any, Any]:
+    compiled = type_.dialect_impl(dialect)
+    bind = type_._cached_bind_processor(dialect)
+    bound = bind(sample) if bind else sample
+    # asyncpg decodes JSON, arrays and UUIDs itself
+    stored = sample if dialect.name == "postgresql" else bound
+    result = type_._cached_result_processor(dialect, compiled)
+    return bind, result, stored
+
+
+def per_value(type_: TypeEngine[Any], dialect: Any, sample: Any) -> Any:
+    bind, result, stored = processors(type_, dialect, sample)
+
+    async def run() -> int:
+        for _ in range(VALUES):
+            if bind:
+                bind(sample)
+            if result:
+                result(stored)
+        return VALUES
+
+    return run
+
+
+async def main() -> None:
+    pairs: dict[str, tuple[TypeEngine[Any], TypeEngine[Any]]] = {
+        "uuid": (Uuid(as_uuid=True), UUIDType()),
+        "datetime": (DateTime(timezone=True), UTCDateTime()),
+    }
+    for dialect in (postgresql.asyncpg.dialect(), sqlite.aiosqlite.dialect()):
+        builtin_json = JSONB(none_as_null=True) if dialect.name == "postgresql" else JSON()
+        rows = {
+            **pairs,
+            "json": (builtin_json, JSONBType()),
+            "list": (ARRAY(String) if dialect.name == "postgresql" else JSON(), StringArray()),
+        }
+        for name, (builtin, ours) in rows.items():
+            await compare(
+                f"types: {name} bind+result per value, {dialect.name}",
+                {
+                    "SQLAlchemy built-in": per_value(builtin, dialect, SAMPLES[name]),
+                    "dbkeel": per_value(ours, dialect, SAMPLES[name]),
+                },
+                baseline="SQLAlchemy built-in",
+                goal="goal: dbkeel / built-in <= 1.10",
+            )
+
+    metadata = MetaData()
+    builtin_table = Table(
+        "bench_types_builtin",
+        metadata,
+        Column("pk", Integer, primary_key=True),
+        Column("id", Uuid),
+        Column("doc", JSONB),
+        Column("tags", ARRAY(String)),
+        Column("at", DateTime(timezone=True)),
+    )
+    dbkeel_table = Table(
+        "bench_types_dbkeel",
+        metadata,
+        Column("pk", Integer, primary_key=True),
+        Column("id", UUIDType),
+        Column("doc", JSONBType),
+        Column("tags", StringArray),
+        Column("at", UTCDateTime),
+    )
+    engine = create_async_engine(PG_URL)
+    async with engine.begin() as conn:
+        await conn.run_sync(metadata.drop_all)
+        await conn.run_sync(metadata.create_all)
+    rows_data = [
+        {"pk": i, "id": uuid.uuid4(), "doc": SAMPLES["json"], "tags": SAMPLES["list"], "at": NOW}
+        for i in range(ROWS)
+    ]
+
+    def insert_select(table: Table) -> Any:
+        async def run() -> int:
+            async with engine.begin() as conn:
+                await conn.execute(table.delete())
+                await conn.execute(table.insert(), rows_data)
+                fetched = (await conn.execute(select(table))).all()
+            return len(fetched) * 2
+
+        return run
+
+    await compare(
+        f"types: {ROWS} rows insert+select, PostgreSQL",
+        {
+            "SQLAlchemy built-in": insert_select(builtin_table),
+            "dbkeel": insert_select(dbkeel_table),
+        },
+        baseline="SQLAlchemy built-in",
+        rounds=5,
+        goal="goal: dbkeel / built-in <= 1.10",
+    )
+    async with engine.begin() as conn:
+        await conn.run_sync(metadata.drop_all)
+    await engine.dispose()

@@ -1,0 +1,185 @@
+"""Every type written and read back on every database: edge values, then property tests."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import uuid
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import Column, Integer, MetaData, Table, delete, insert, select
+
+from dbkeel import DatabaseManager, InvalidValueError
+from dbkeel.types import ArrayType, JSONBType, StringArray, UTCDateTime, UUIDType, uuid7
+from tests.conftest import CreateTables
+
+metadata = MetaData()
+things = Table(
+    "types_things",
+    metadata,
+    Column("pk", Integer, primary_key=True, autoincrement=False),
+    Column("uid", UUIDType),
+    Column("doc", JSONBType),
+    Column("tags", StringArray),
+    Column("nums", ArrayType(Integer)),
+    Column("at", UTCDateTime),
+)
+
+EDGE_UUIDS = [
+    uuid.UUID(int=0),
+    uuid.UUID(int=2**128 - 1),
+    uuid.UUID("00000000-0000-0000-0000-000000000001"),
+    uuid.uuid4(),
+    uuid7(),
+]
+DOCS: list[Any] = [
+    {},
+    [],
+    {"ключ": "値 ✓ 🎉", "nested": {"a": [1, 2.5, True, None, {"b": "c"}]}},
+    {"big": ["x" * 1000 for _ in range(300)]},  # ~300 kB
+    [1, "two", {"three": 3}],
+    "a bare string",
+    42,
+]
+TAGS = [[], ["one"], ["ünïcödé", "日本語", "emoji 🎉", "", "with 'quote'"], ["t"] * 500]
+
+
+async def roundtrip(db: DatabaseManager, **values: Any) -> Any:
+    async with db.get_session() as session:
+        await session.execute(delete(things))
+        await session.execute(insert(things), [{"pk": 1, **values}])
+    async with db.get_session() as session:
+        return (await session.execute(select(things).where(things.c.pk == 1))).one()
+
+
+async def test_none_is_sql_null_for_every_type(
+    db: DatabaseManager, create_tables: CreateTables
+) -> None:
+    await create_tables(db, metadata)
+    row = await roundtrip(db, uid=None, doc=None, tags=None, nums=None, at=None)
+    assert tuple(row)[1:] == (None, None, None, None, None)
+    async with db.get_session() as session:
+        assert await session.scalar(select(things.c.pk).where(things.c.doc.is_(None))) == 1
+
+
+async def test_edge_values_read_back_equal(
+    db: DatabaseManager, create_tables: CreateTables
+) -> None:
+    await create_tables(db, metadata)
+    for uid, doc, tags in zip(EDGE_UUIDS, DOCS, TAGS + TAGS, strict=False):
+        at = dt.datetime(2024, 2, 29, 23, 59, 59, 999999, tzinfo=dt.timezone(dt.timedelta(hours=9)))
+        row = await roundtrip(db, uid=uid, doc=doc, tags=tags, nums=[0, -1, 2**31 - 1], at=at)
+        assert isinstance(row.uid, uuid.UUID)
+        assert (row.uid, row.doc, row.tags, row.nums) == (uid, doc, tags, [0, -1, 2**31 - 1])
+        assert row.at == at and row.at.tzinfo == dt.UTC
+    async with db.get_session() as session:  # a UUID given as a string filters too
+        found = await session.scalar(select(things.c.pk).where(things.c.uid == str(EDGE_UUIDS[-1])))
+        assert found == 1
+
+
+async def test_encoder_writes_datetimes_decimals_and_uuids(
+    db: DatabaseManager, create_tables: CreateTables
+) -> None:
+    await create_tables(db, metadata)
+    u = uuid7()
+    doc = {
+        "when": dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC),
+        "price": decimal.Decimal("10.10"),
+        "id": u,
+    }
+    row = await roundtrip(db, doc=doc)
+    assert row.doc == {"when": "2024-01-02T03:04:05+00:00", "price": "10.10", "id": str(u)}
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "match"),
+    [
+        (
+            "uid",
+            "not-a-uuid",
+            r"UUIDType column 'types_things.uid' got str 'not-a-uuid': not a UUID",
+        ),
+        ("uid", 12, r"UUIDType column 'types_things.uid' got int 12"),
+        (
+            "doc",
+            {"x": float("nan")},
+            r"JSONBType column 'types_things.doc'.*cannot be written as JSON",
+        ),
+        ("doc", {"x": object()}, r"JSONBType column 'types_things.doc'.*not JSON serializable"),
+        ("tags", "abc", r"StringArray column 'types_things.tags' got str 'abc': not a list"),
+        ("tags", ["a", None], r"item 1 is NoneType None"),
+        ("nums", [1, True], r"ArrayType column 'types_things.nums'.*item 1 is bool True"),
+        ("at", dt.datetime(2024, 1, 1), r"UTCDateTime column 'types_things.at'.*naive"),
+        ("at", "2024-01-01", r"UTCDateTime column 'types_things.at' got str"),
+    ],
+)
+async def test_bad_value_raises_invalid_value_error_naming_the_column(
+    db: DatabaseManager, create_tables: CreateTables, column: str, value: Any, match: str
+) -> None:
+    await create_tables(db, metadata)
+    with pytest.raises(InvalidValueError, match=match) as info:
+        await roundtrip(db, **{column: value})
+    assert info.value.column == f"types_things.{column}"
+
+
+async def test_contains_on_every_database(db: DatabaseManager, create_tables: CreateTables) -> None:
+    await create_tables(db, metadata)
+    rows = [
+        {"pk": 1, "tags": ["a", "b"], "nums": [1, 2]},
+        {"pk": 2, "tags": ["B", "c"], "nums": [3]},
+        {"pk": 3, "tags": [], "nums": []},
+        {"pk": 4, "tags": None, "nums": None},
+    ]
+    async with db.get_session() as session:
+        await session.execute(insert(things), rows)
+
+        async def pks(condition: Any) -> list[int]:
+            return sorted((await session.scalars(select(things.c.pk).where(condition))).all())
+
+        assert await pks(things.c.tags.contains_all(["a", "b", "a"])) == [1]
+        assert await pks(things.c.tags.contains_all(["b"])) == [1]  # case-sensitive
+        assert await pks(things.c.tags.contains_any(["c", "zz"])) == [2]
+        assert await pks(things.c.tags.contains_all([])) == [1, 2, 3]
+        assert await pks(things.c.tags.contains_any([])) == []
+        assert await pks(things.c.nums.contains_any([2, 3])) == [1, 2]
+        assert await pks(things.c.nums.contains_all([1, 3])) == []
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53), 2**53)
+    | st.text(st.characters(codec="utf-8", exclude_characters="\x00")),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=8),
+            children,
+            max_size=4,
+        )
+    ),
+    max_leaves=20,
+)
+PROPERTY = settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+@PROPERTY
+@given(
+    doc=json_values,
+    tags=st.lists(
+        st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=20), max_size=8
+    ),
+)
+async def test_any_json_document_and_string_list_round_trips(
+    db: DatabaseManager, create_tables: CreateTables, doc: Any, tags: list[str]
+) -> None:
+    await create_tables(db, metadata)
+    if doc is None:
+        doc = {"null": None}  # Python None is SQL NULL, tested above
+    row = await roundtrip(db, doc=doc, tags=tags)
+    assert (row.doc, row.tags) == (doc, tags)
