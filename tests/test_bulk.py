@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 from sqlalchemy import (
-    JSON,
     Enum,
     ForeignKey,
     Integer,
@@ -38,7 +37,7 @@ from dbkeel import (
     bulk_insert,
     bulk_upsert,
 )
-from dbkeel.types import UTCDateTime
+from dbkeel.types import JSONBType, StringArray, UTCDateTime, UUIDType, uuid7
 from tests.conftest import CreateTables
 
 T0 = dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC)
@@ -58,15 +57,14 @@ class Base(MappedAsDataclass, DeclarativeBase):
 
 
 class Thing(Base):
-    """Portable: UUID key by default_factory, JSON, enum, numeric, UTC timestamps, version."""
+    """Portable: every dbkeel type, default_factory, enum, numeric, timestamps, version."""
 
     __tablename__ = "bulk_things"
 
     name: Mapped[str] = mapped_column(String(100))
-    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default_factory=uuid.uuid4)
-    payload: Mapped[dict[str, Any] | None] = mapped_column(
-        JSON().with_variant(postgresql.JSONB(), "postgresql"), default=None
-    )
+    id: Mapped[uuid.UUID] = mapped_column(UUIDType, primary_key=True, default_factory=uuid7)
+    payload: Mapped[dict[str, Any] | None] = mapped_column(JSONBType, default=None)
+    tags: Mapped[list[str]] = mapped_column(StringArray(20), default_factory=list)
     mood: Mapped[Mood] = mapped_column(Enum(Mood), default=Mood.happy)
     price: Mapped[Decimal] = mapped_column(Numeric(10, 2), default=Decimal("0.00"))
     note: Mapped[str | None] = mapped_column(Text, default=None)
@@ -123,6 +121,7 @@ ROWS: list[dict[str, Any]] = [
     {
         "name": "full",
         "payload": {"a": [1, 2, {"b": None}], "ü": "ß"},
+        "tags": ["x", "y"],
         "mood": Mood.grumpy,
         "price": Decimal("12.34"),
         "note": "x" * 300,
@@ -131,7 +130,7 @@ ROWS: list[dict[str, Any]] = [
     {"name": "explicit nulls", "payload": None, "note": None, "seen_at": None},
 ]
 
-COMPARED = ("name", "payload", "mood", "price", "note", "seen_at", "version")
+COMPARED = ("name", "payload", "tags", "mood", "price", "note", "seen_at", "version")
 
 
 @pytest.fixture
