@@ -20,15 +20,14 @@ from collections.abc import Iterator
 from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import JSON, LargeBinary, String, Text, insert, text
-from sqlalchemy.dialects import postgresql
+from sqlalchemy import LargeBinary, String, Text, insert, text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-from sqlalchemy.types import TypeDecorator, Uuid
+from sqlalchemy.types import TypeDecorator
 
 from benchmarks._harness import PG_URL, compare, console
 from dbkeel import DatabaseManager, DatabaseSettings, bulk_insert
-from dbkeel.types import UTCDateTime
+from dbkeel.types import JSONBType, UTCDateTime, UUIDType
 
 _KEY = AESGCM(b"k" * 32)
 
@@ -59,12 +58,10 @@ class Base(DeclarativeBase):
 class Event(Base):
     __tablename__ = "bench_bulk_events"
 
-    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    id: Mapped[uuid.UUID] = mapped_column(UUIDType, primary_key=True, default=uuid.uuid4)
     name: Mapped[str] = mapped_column(String(100))
     body: Mapped[str] = mapped_column(Text)
-    payload: Mapped[dict[str, Any]] = mapped_column(
-        JSON().with_variant(postgresql.JSONB(), "postgresql")
-    )
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONBType)
     secret: Mapped[str] = mapped_column(BenchEncrypted)
     happened_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=_now)

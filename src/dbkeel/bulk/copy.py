@@ -8,7 +8,6 @@ session holds, so the rows are part of the session's transaction.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import cast, select
@@ -56,18 +55,27 @@ def copy_unsupported_reason(session: AsyncSession, plan: RowPlan) -> str | None:
     return None
 
 
-def _record_function(spec: list[tuple[str, Callable[[Any], Any] | None]]) -> Any:
-    # One generated function per load: a tuple display with direct lookups runs about
-    # twice as fast as a loop over the columns, and this loop is COPY's whole overhead.
+def _record_function(spec: list[ColumnPlan]) -> Any:
+    # One generated function per column list: a tuple display with direct lookups runs
+    # about twice as fast as a loop over the columns, and this is COPY's hot loop. Python
+    # defaults are filled inline (no copy of the row), SQL defaults come in as `sql`.
     names: dict[str, Any] = {}
     parts = []
-    for i, (key, proc) in enumerate(spec):
-        if proc is None:
-            parts.append(f"row[{key!r}]")
-        else:
-            names[f"p{i}"] = proc
-            parts.append(f"p{i}(row[{key!r}])")
-    source = f"def record(row):\n    return ({', '.join(parts)},)\n"
+    sql_index = 0
+    for i, p in enumerate(spec):
+        value = f"row[{p.key!r}]"
+        plain = getattr(p.default, "plain", None)
+        if plain is not None:
+            names[f"d{i}"] = plain
+            value = f"({value} if {p.key!r} in row else d{i}())"
+        elif p.sql_default is not None:
+            value = f"({value} if {p.key!r} in row else sql[{sql_index}])"
+            sql_index += 1
+        if p.processor is not None:
+            names[f"p{i}"] = p.processor
+            value = f"p{i}({value})"
+        parts.append(value)
+    source = f"def record(row, sql):\n    return ({', '.join(parts)},)\n"
     exec(source, names)
     return names["record"]
 
@@ -82,35 +90,40 @@ class CopyWriter:
         self.schema = plan.table.schema
         self._records: dict[tuple[str, ...], Any] = {}
 
-    def _spec_for(self, mappings: list[dict[str, Any]]) -> tuple[list[ColumnPlan], Any]:
-        # The column list is what the batch's rows give: Python defaults are filled by
-        # now, so a column left out is server-filled (PostgreSQL applies its default or
-        # identity) or nullable without a default (NULL) - what an INSERT would do.
-        given: set[str] = set().union(*mappings)
-        spec = [p for p in self.plan.columns if p.key in given or p.sql_default is not None]
+    def _spec_for(self, rows: list[Any]) -> tuple[list[ColumnPlan], Any]:
+        # The column list: what the batch's rows give plus what defaults fill. A column
+        # left out is server-filled (PostgreSQL applies its default or identity) or
+        # nullable without a default (NULL) - what an INSERT would do.
+        given: set[str] = set().union(*rows)
+        spec = [
+            p
+            for p in self.plan.columns
+            if p.key in given or p.default is not None or p.sql_default is not None
+        ]
         names = tuple(p.key for p in spec)
         if names not in self._records:
-            self._records[names] = _record_function([(p.key, p.processor) for p in spec])
+            self._records[names] = _record_function(spec)
         return spec, self._records[names]
 
-    async def write(self, session: AsyncSession, mappings: list[dict[str, Any]], start: int) -> int:
-        """COPY *mappings* (from :meth:`RowPlan.mappings`) into the table; the row count."""
-        if not mappings:
+    async def write(self, session: AsyncSession, rows: list[Any], start: int) -> int:
+        """COPY *rows* (checked and prepared here) into the table; returns the row count."""
+        if not rows:
             return 0
+        plan = self.plan
+        if plan.plain_defaults:
+            plan.check(rows, start)  # defaults are filled by the record function
+        else:
+            rows = plan.mappings(rows, start)  # a default reads the row: fill them first
         conn = await session.connection()
-        sql_values = await self._sql_defaults(session)
-        if sql_values:
-            for row in mappings:
-                for key, value in sql_values.items():
-                    row.setdefault(key, value)
-        spec, record = self._spec_for(mappings)
+        sql = await self._sql_defaults(session)
+        spec, record = self._spec_for(rows)
         records: list[tuple[Any, ...]] = []
         append = records.append
-        for offset, row in enumerate(mappings):
+        for offset, row in enumerate(rows):
             try:
-                append(record(row))
-            except Exception:
-                append(self._slow_record(spec, row, start + offset))
+                append(record(row, sql))
+            except Exception:  # redone slowly below, to name the row and the column
+                append(self._slow_record(spec, row, start + offset, sql))
         raw = await conn.get_raw_connection()
         driver = raw.driver_connection
         assert driver is not None
@@ -122,19 +135,26 @@ class CopyWriter:
         )
         return len(records)
 
-    async def _sql_defaults(self, session: AsyncSession) -> dict[str, Any]:
+    async def _sql_defaults(self, session: AsyncSession) -> tuple[Any, ...]:
         # Evaluated in the session's transaction, cast to the column's type so that the
         # value goes through the same bind processing as any other.
-        values: dict[str, Any] = {}
+        values = []
         for p in self.plan.columns:
-            if p.sql_default is not None:
-                values[p.key] = await session.scalar(select(cast(p.sql_default, p.column.type)))
-        return values
+            if p.sql_default is not None and p.default is None:
+                values.append(await session.scalar(select(cast(p.sql_default, p.column.type))))
+        return tuple(values)
 
-    def _slow_record(self, spec: list[ColumnPlan], row: dict[str, Any], index: int) -> Any:
+    def _slow_record(
+        self, spec: list[ColumnPlan], row: Any, index: int, sql: tuple[Any, ...]
+    ) -> Any:
+        filled = self.plan.mappings([row], index)[0]
+        sql_values = iter(sql)
         out: list[Any] = []
         for p in spec:
-            value = row.get(p.key, _MISSING)
+            value = filled.get(p.key, _MISSING)
+            if p.sql_default is not None and p.default is None:
+                fallback = next(sql_values)
+                value = fallback if value is _MISSING else value
             if value is _MISSING:
                 if p.server_filled:
                     raise self._uneven(index, p.key)

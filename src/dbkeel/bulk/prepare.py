@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -155,7 +156,7 @@ class RowPlan:
             default = _python_default(column, factories.get(key))
             if column is version_col and default is None and callable(generator):
                 gen = generator
-                default = lambda _row, gen=gen: gen(None)  # noqa: E731
+                default = _Plain(functools.partial(gen, None))
             sql_default = _sql_default(column)
             server_filled = (
                 column.server_default is not None
@@ -180,6 +181,11 @@ class RowPlan:
         self.by_key = {c.key: c for c in self.columns}
         self.keys = frozenset(self.by_key)
         self.computed = frozenset(c.key for c in self.columns if c.column.computed is not None)
+        self.required = frozenset(c.key for c in self.columns if c.required)
+        #: every Python default takes no arguments: COPY can fill them in its record loop
+        self.plain_defaults = all(
+            isinstance(c.default, _Plain) for c in self.columns if c.default is not None
+        )
 
     # -- validation and defaults --------------------------------------------------------
 
@@ -197,24 +203,13 @@ class RowPlan:
             column=str(key),
         )
 
-    def mappings(self, rows: Sequence[Any], start: int) -> list[dict[str, Any]]:
-        """Check *rows* and return them as new dicts with every Python default filled.
-
-        Server-filled columns (server defaults, autoincrement keys) and SQL-expression
-        defaults are left out when the row does not give them, as an INSERT would.
-        """
+    def check(self, rows: Sequence[Any], start: int) -> None:
+        """Refuse a row that is not a dict, has an unknown key, lacks a required value,
+        sets a NOT NULL column to None or gives a computed column; copies nothing."""
         keys = self.keys
-        fillers = [
-            (p.key, getattr(p.default, "plain", None), p.default)
-            for p in self.columns
-            if p.default is not None
-        ]
-        required = frozenset(p.key for p in self.columns if p.required)
+        required = self.required
         not_null = [p.key for p in self.columns if not p.column.nullable]
         computed = self.computed
-        width = len(keys)
-        out: list[dict[str, Any]] = []
-        append = out.append
         for offset, row in enumerate(rows):
             if type(row) is not dict and not isinstance(row, Mapping):
                 index = start + offset
@@ -226,20 +221,32 @@ class RowPlan:
                 )
             if not keys.issuperset(row):
                 raise self._bad_key(start + offset, row)
-            filled = dict(row)
-            if len(filled) != width:
-                for key, plain, default in fillers:
-                    if key not in filled:
-                        filled[key] = plain() if plain is not None else default(filled)
-                if not required.issubset(filled):
-                    key = sorted(required - filled.keys())[0]
-                    raise self._missing(start + offset, key)
-            if None in filled.values():
+            if not required.issubset(row):
+                raise self._missing(start + offset, sorted(required - row.keys())[0])
+            if None in row.values():
                 for key in not_null:
-                    if key in filled and filled[key] is None:
+                    if key in row and row[key] is None:
                         self._check_not_null(self.by_key[key], start + offset)
             if computed and not computed.isdisjoint(row):
                 raise self._computed(start + offset, row)
+
+    def mappings(self, rows: Sequence[Any], start: int) -> list[dict[str, Any]]:
+        """Check *rows* and return them as new dicts with every Python default filled.
+
+        Server-filled columns (server defaults, autoincrement keys) and SQL-expression
+        defaults are left out when the row does not give them, as an INSERT would.
+        """
+        self.check(rows, start)
+        fillers = [(p.key, p.default) for p in self.columns if p.default is not None]
+        width = len(self.keys)
+        out: list[dict[str, Any]] = []
+        append = out.append
+        for row in rows:
+            filled = dict(row)
+            if len(filled) != width:
+                for key, default in fillers:
+                    if key not in filled:
+                        filled[key] = default(filled)
             append(filled)
         return out
 
