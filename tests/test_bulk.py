@@ -98,6 +98,11 @@ class Child(Base):
     label: Mapped[str] = mapped_column(String(50))
     id: Mapped[int] = mapped_column(Integer, primary_key=True, init=False)
     status: Mapped[str] = mapped_column(String(20), server_default="new", init=False)
+    slug: Mapped[str] = mapped_column(
+        String(60),
+        init=False,
+        insert_default=lambda ctx: ctx.get_current_parameters()["label"] + "!",
+    )
     secret: Mapped[str | None] = mapped_column(Shouting, default=None, info={"sensitive": True})
 
 
@@ -230,6 +235,7 @@ async def test_copy_leaves_server_defaults_and_autoincrement_to_the_database(
         children = list(await session.scalars(select(Child).order_by(Child.id)))
     assert [c.id for c in children] == [1, 2, 3, 4, 5]
     assert {c.status for c in children} == {"new"}
+    assert [c.slug for c in children] == [f"c{i}!" for i in range(5)]  # context-aware default
 
 
 async def test_copy_evaluates_a_now_insert_default_in_the_transaction(

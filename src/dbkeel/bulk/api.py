@@ -202,6 +202,8 @@ async def _run(
 
     async def write(batch: list[Any]) -> int:
         nonlocal user_keys
+        if isinstance(writer, CopyWriter):
+            return await writer.write(session, batch, written)  # checks and fills itself
         mappings = plan.mappings(batch, written)
         if isinstance(writer, UpsertWriter):
             if user_keys is None:
