@@ -88,7 +88,7 @@ async def bulk_insert(
         raise ConfigurationError(
             f"bulk_insert method={method!r} is not one of 'auto', 'copy', 'insert'."
         )
-    reason = copy_unsupported_reason(session, plan)
+    reason = copy_unsupported_reason(plan)
     if return_keys:
         reason = reason or "the primary keys are only returned by the INSERT path"
         if method == "copy":

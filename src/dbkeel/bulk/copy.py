@@ -36,11 +36,11 @@ _STABLE_FUNCTIONS = frozenset(
 )
 
 
-def copy_unsupported_reason(session: AsyncSession, plan: RowPlan) -> str | None:
-    """Why COPY cannot write this model on this session, or None when it can."""
-    dialect = session.bind.dialect if session.bind is not None else None
-    if dialect is None or dialect.name != "postgresql" or dialect.driver != "asyncpg":
-        where = f"{dialect.name}+{dialect.driver}" if dialect is not None else "no engine"
+def copy_unsupported_reason(plan: RowPlan) -> str | None:
+    """Why COPY cannot write this model on the plan's database, or None when it can."""
+    dialect = plan.dialect
+    if dialect.name != "postgresql" or dialect.driver != "asyncpg":
+        where = f"{dialect.name}+{dialect.driver}"
         return f"COPY needs PostgreSQL through asyncpg; this session is on {where}"
     for column_plan in plan.columns:
         expr = column_plan.sql_default
