@@ -26,6 +26,12 @@ from dbkeel.exceptions import MissingDependencyError as MissingDependencyError
 from dbkeel.exceptions import PoolExhaustedError as PoolExhaustedError
 from dbkeel.exceptions import RetryableError as RetryableError
 from dbkeel.manager import DatabaseManager as DatabaseManager
+from dbkeel.mixins import DbkeelSession as DbkeelSession
+from dbkeel.mixins import SoftDeleteMixin as SoftDeleteMixin
+from dbkeel.mixins import TimestampMixin as TimestampMixin
+from dbkeel.mixins import VersionMixin as VersionMixin
+from dbkeel.mixins import purge_deleted as purge_deleted
+from dbkeel.mixins import soft_delete_unique as soft_delete_unique
 from dbkeel.settings import DatabaseSettings as DatabaseSettings
 from dbkeel.types import ArrayType as ArrayType
 from dbkeel.types import JSONBType as JSONBType
@@ -52,6 +58,7 @@ __all__ = [
     "DatabaseSettings",
     "DatabaseUnavailableError",
     "DbkeelError",
+    "DbkeelSession",
     "DecryptionError",
     "InvalidValueError",
     "JSONBType",
@@ -59,11 +66,16 @@ __all__ = [
     "MissingDependencyError",
     "PoolExhaustedError",
     "RetryableError",
+    "SoftDeleteMixin",
     "StringArray",
+    "TimestampMixin",
     "UTCDateTime",
     "UUIDType",
+    "VersionMixin",
     "bulk_insert",
     "bulk_upsert",
     "db_manager",
+    "purge_deleted",
+    "soft_delete_unique",
     "uuid7",
 ]

@@ -24,7 +24,14 @@ from dbkeel.exceptions import (
 if TYPE_CHECKING:
     from sqlalchemy.pool import Pool
 
-__all__ = ["mysql_errno", "sqlstate", "translate_errors"]
+__all__ = [
+    "concurrent_update_error",
+    "is_disconnect",
+    "mysql_errno",
+    "retryable_reason",
+    "sqlstate",
+    "translate_errors",
+]
 
 _STALE_TABLE = re.compile(r"on table '([^']+)'")
 
@@ -49,14 +56,65 @@ def translate_errors(pool: Pool | None = None, *, pool_timeout: float = 0.0) -> 
             raise exc.orig from exc
         raise
     except StaleDataError as exc:
-        match = _STALE_TABLE.search(str(exc))
-        table = match.group(1) if match else "unknown table"
-        raise ConcurrentUpdateError(
-            f"Another transaction changed or deleted a row of {table!r} after this one "
-            f"read it (stale version): {exc}. Re-read the row and apply the change again; "
+        raise concurrent_update_error(exc) from exc
+
+
+def concurrent_update_error(exc: StaleDataError) -> ConcurrentUpdateError:
+    """A ConcurrentUpdateError naming the model and primary key behind *exc*.
+
+    ``DbkeelSession.flush()`` attaches the versioned objects that were being written as
+    ``exc.dbkeel_stale_rows``; without it only the table name is known.
+    """
+    match = _STALE_TABLE.search(str(exc))
+    table = match.group(1) if match else None
+    rows = [r for r in getattr(exc, "dbkeel_stale_rows", ()) if table is None or r[1] == table]
+    if len(rows) == 1:
+        model, _, pk = rows[0]
+        what = f"{model} with primary key {pk!r} (table {table!r})"
+        return ConcurrentUpdateError(
+            f"Another transaction changed or deleted {what} after this one read it "
+            f"(stale version): {exc}. Re-read the row and apply the change again; "
             f"DatabaseManager.run_in_transaction() retries the whole unit for you.",
-            model=table,
-        ) from exc
+            model=model,
+            primary_key=pk,
+        )
+    candidates = ", ".join(f"{m} {pk!r}" for m, _, pk in rows)
+    what = f"a row of {table or 'unknown table'!r}" + (
+        f" (one of: {candidates})" if candidates else ""
+    )
+    return ConcurrentUpdateError(
+        f"Another transaction changed or deleted {what} after this one read it "
+        f"(stale version): {exc}. Re-read the row and apply the change again; "
+        f"DatabaseManager.run_in_transaction() retries the whole unit for you.",
+        model=rows[0][0] if rows else table,
+    )
+
+
+#: PostgreSQL SQLSTATEs and MariaDB/MySQL error numbers worth retrying the transaction on.
+RETRYABLE_SQLSTATES = {"40001": "serialization failure", "40P01": "deadlock"}
+RETRYABLE_MYSQL_ERRNOS = {1213: "deadlock", 1205: "lock wait timeout"}
+
+
+def retryable_reason(exc: BaseException) -> str | None:
+    """Why retrying the whole transaction may cure *exc*, or None if it will not."""
+    if isinstance(exc, ConcurrentUpdateError):
+        return "stale version"
+    if not isinstance(exc, sqlalchemy.exc.DBAPIError):
+        return None
+    state = sqlstate(exc)
+    if state in RETRYABLE_SQLSTATES:
+        return f"{RETRYABLE_SQLSTATES[state]} (SQLSTATE {state})"
+    errno = mysql_errno(exc)
+    if errno in RETRYABLE_MYSQL_ERRNOS:
+        return f"{RETRYABLE_MYSQL_ERRNOS[errno]} (error {errno})"
+    return None
+
+
+def is_disconnect(exc: BaseException) -> bool:
+    """True when *exc* means the connection was lost (so a COMMIT's outcome is unknown)."""
+    if isinstance(exc, sqlalchemy.exc.DBAPIError):
+        return bool(exc.connection_invalidated) or isinstance(exc, sqlalchemy.exc.InterfaceError)
+    return isinstance(exc, (ConnectionError, OSError, TimeoutError))
 
 
 def _pool_exhausted(pool: Pool | None, timeout: float) -> PoolExhaustedError:

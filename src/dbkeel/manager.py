@@ -15,9 +15,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Literal, Self
+from typing import TYPE_CHECKING, Literal, Self, TypeVar
 
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from dbkeel._translate import mysql_errno, sqlstate, translate_errors
 from dbkeel.engine import create_engine
 from dbkeel.exceptions import DatabaseUnavailableError, ManagerStateError
+from dbkeel.mixins.session import DbkeelSession
 from dbkeel.settings import DatabaseSettings
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = ["DatabaseManager"]
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _State = Literal["new", "ready", "closed"]
 # Errors that will not go away by waiting: fail at once instead of burning the budget.
@@ -115,7 +117,11 @@ class DatabaseManager:
                 raise
             self._engine = engine
             self._session_factory = async_sessionmaker(
-                bind=engine, expire_on_commit=False, autoflush=True
+                bind=engine,
+                expire_on_commit=False,
+                autoflush=True,
+                # soft-deleted rows hidden from get(), stale rows named in errors
+                sync_session_class=DbkeelSession,
             )
             self._state = "ready"
             return self
@@ -182,6 +188,28 @@ class DatabaseManager:
             raise
         else:
             await _shielded_cleanup(session, rollback=False)
+
+    async def run_in_transaction(
+        self,
+        fn: Callable[[AsyncSession], Awaitable[T]],
+        *,
+        retries: int = 5,
+        backoff: float = 0.05,
+    ) -> T:
+        """Run ``await fn(session)`` in a fresh transaction, retrying it on conflicts.
+
+        See :func:`dbkeel.retry.run_in_transaction`.
+
+        Example::
+
+            async def bump(session: AsyncSession) -> None:
+                (await session.get(Counter, 1)).value += 1
+
+            await db.run_in_transaction(bump, retries=10)
+        """
+        from dbkeel.retry import run_in_transaction
+
+        return await run_in_transaction(self, fn, retries=retries, backoff=backoff)
 
     # -- internals ----------------------------------------------------------------------
 

@@ -17,13 +17,15 @@ from typing import Any
 from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
-from sqlalchemy import JSON, ForeignKey, Numeric, String, Uuid, func, select
+from sqlalchemy import JSON, ForeignKey, Numeric, String, Uuid, func, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from dbkeel.bulk import bulk_insert
 from dbkeel.cli._console import console, print_error
 from dbkeel.exceptions import DbkeelError
 from dbkeel.manager import DatabaseManager
+from dbkeel.mixins import SoftDeleteMixin, TimestampMixin, VersionMixin
 from dbkeel.settings import DatabaseSettings
 from dbkeel.types import UTCDateTime
 
@@ -49,6 +51,14 @@ class Order(DemoBase):
     item: Mapped[str] = mapped_column(String(100))
     amount: Mapped[Decimal] = mapped_column(Numeric(10, 2))
     customer: Mapped[Customer] = relationship(back_populates="orders")
+
+
+class Product(TimestampMixin, SoftDeleteMixin, VersionMixin, DemoBase):
+    __tablename__ = "demo_products"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    stock: Mapped[int] = mapped_column(default=0)
 
 
 def _now() -> dt.datetime:
@@ -103,7 +113,7 @@ async def _demo_steps(db: DatabaseManager, settings: DatabaseSettings) -> None:
     async with db.engine.begin() as conn:
         await conn.run_sync(DemoBase.metadata.drop_all)
         await conn.run_sync(DemoBase.metadata.create_all)
-    console.print("created demo_customers, demo_orders, demo_page_views")
+    console.print("created demo_customers, demo_orders, demo_products, demo_page_views")
 
     _step("3. write in one transaction (get_session commits on success)")
     async with db.get_session() as session:
@@ -144,6 +154,7 @@ async def _demo_steps(db: DatabaseManager, settings: DatabaseSettings) -> None:
     console.print(f"customers after the rollback: {count} (Charles was never committed)")
 
     await _doctor_step(settings)
+    await _demo_mixins(db)
     await _bulk_step(db)
 
 
@@ -155,6 +166,55 @@ async def _doctor_step(settings: DatabaseSettings) -> None:
     report = await run_doctor(settings, metadata=DemoBase.metadata)
     render_report(report)
     console.print("run it yourself: dbkeel doctor --models yourapp.models:Base [--json]")
+
+
+async def _demo_mixins(db: DatabaseManager) -> None:
+    _step("7. soft delete and restore (SoftDeleteMixin)")
+    async with db.get_session() as session:
+        session.add_all([Product(id=1, name="gear", stock=10), Product(id=2, name="lever")])
+    async with db.get_session() as session:
+        lever = await session.get(Product, 2)
+        assert lever is not None
+        lever.soft_delete()
+    async with db.get_session() as session:
+        visible = (await session.scalars(select(Product.name).order_by(Product.id))).all()
+        everything = select(Product.name).order_by(Product.id)
+        hidden = (await session.scalars(everything.execution_options(include_deleted=True))).all()
+    console.print(
+        f"after lever.soft_delete(): queries see {visible}; with include_deleted {hidden}"
+    )
+    async with db.get_session() as session:
+        lever = await session.get(Product, 2, execution_options={"include_deleted": True})
+        assert lever is not None
+        lever.restore()
+    async with db.get_session() as session:
+        visible = (await session.scalars(select(Product.name).order_by(Product.id))).all()
+    console.print(f"after lever.restore(): queries see {visible}")
+
+    _step("8. a conflict being retried (VersionMixin + run_in_transaction)")
+    attempts = 0
+
+    async def take_one(session: AsyncSession) -> int:
+        nonlocal attempts
+        attempts += 1
+        gear = await session.get(Product, 1)
+        assert gear is not None
+        if attempts == 1:
+            # Stand-in for another program writing between our read and our write. It
+            # runs in our own transaction (so it also works on SQLite, which allows one
+            # writer at a time) and is rolled back with the failed attempt.
+            await session.execute(
+                text("UPDATE demo_products SET stock = stock - 5, version = version + 1")
+            )
+            console.print("  attempt 1: the row changed between our read and our write")
+        gear.stock -= 1
+        return gear.stock
+
+    stock = await db.run_in_transaction(take_one, backoff=0.01)
+    console.print(
+        f"  attempt 1 raised ConcurrentUpdateError (stale version) and was retried; "
+        f"attempt {attempts} read the row again and committed: stock is {stock}"
+    )
 
 
 def _page_views(count: int) -> Iterator[dict[str, Any]]:
@@ -170,7 +230,7 @@ def _page_views(count: int) -> Iterator[dict[str, Any]]:
 async def _bulk_step(db: DatabaseManager) -> None:
     # DBKEEL_DEMO_BULK_ROWS lets the test suite run a short version of this step.
     count = int(os.environ.get("DBKEEL_DEMO_BULK_ROWS", "200000"))
-    _step(f"7. bulk load: {count:,} rows streamed through bulk_insert()")
+    _step(f"9. bulk load: {count:,} rows streamed through bulk_insert()")
     method = "COPY" if db.engine.dialect.driver == "asyncpg" else "batched INSERT"
     columns = (
         TextColumn("[cyan]{task.description}"),
