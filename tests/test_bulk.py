@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import enum
 import itertools
@@ -37,6 +38,7 @@ from dbkeel import (
     bulk_insert,
     bulk_upsert,
 )
+from dbkeel.mixins import SoftDeleteMixin, TimestampMixin, VersionMixin
 from dbkeel.types import JSONBType, StringArray, UTCDateTime, UUIDType, uuid7
 from tests.conftest import CreateTables
 
@@ -56,8 +58,8 @@ class Base(MappedAsDataclass, DeclarativeBase):
     metadata = MetaData()
 
 
-class Thing(Base):
-    """Portable: every dbkeel type, default_factory, enum, numeric, timestamps, version."""
+class Thing(TimestampMixin, SoftDeleteMixin, VersionMixin, Base):
+    """Portable: every dbkeel type, all three mixins, default_factory, enum, numeric."""
 
     __tablename__ = "bulk_things"
 
@@ -69,12 +71,19 @@ class Thing(Base):
     price: Mapped[Decimal] = mapped_column(Numeric(10, 2), default=Decimal("0.00"))
     note: Mapped[str | None] = mapped_column(Text, default=None)
     seen_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
+
+
+class Note(Base):
+    """Python-side timestamps: an insert_default and an onupdate callable."""
+
+    __tablename__ = "bulk_notes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    text: Mapped[str] = mapped_column(String(50))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, init=False, insert_default=_now)
     updated_at: Mapped[dt.datetime] = mapped_column(
         UTCDateTime, init=False, insert_default=_now, onupdate=_now
     )
-    version: Mapped[int] = mapped_column(Integer, init=False)
-    __mapper_args__ = {"version_id_col": version}  # noqa: RUF012
 
 
 class Shouting(TypeDecorator[str]):
@@ -135,7 +144,7 @@ ROWS: list[dict[str, Any]] = [
     {"name": "explicit nulls", "payload": None, "note": None, "seen_at": None},
 ]
 
-COMPARED = ("name", "payload", "tags", "mood", "price", "note", "seen_at", "version")
+COMPARED = ("name", "payload", "tags", "mood", "price", "note", "seen_at", "version", "deleted_at")
 
 
 @pytest.fixture
@@ -403,6 +412,7 @@ async def test_upsert_inserts_new_rows_and_updates_existing_ones(
     async with tables.get_session() as session:
         await bulk_upsert(session, Thing, [{"id": first, "name": "one", "note": "keep"}])
     before = (await _all(tables))[0]
+    await asyncio.sleep(0.01)  # SQLite's clock has millisecond steps
     async with tables.get_session() as session:
         count = await bulk_upsert(
             session,
@@ -444,3 +454,20 @@ async def test_upsert_refuses_unknown_conflict_columns(tables: DatabaseManager) 
             await bulk_upsert(session, Thing, [{"name": "x"}], conflict=["nmae"])
         with pytest.raises(ConfigurationError, match="is a string"):
             await bulk_upsert(session, Thing, [{"name": "x"}], conflict="name")
+
+
+async def test_upsert_gives_python_onupdate_columns_a_new_value(tables: DatabaseManager) -> None:
+    async with tables.get_session() as session:
+        await bulk_upsert(session, Note, [{"id": 1, "text": "a"}])
+        before = (await session.execute(select(Note.created_at, Note.updated_at))).one()
+    await asyncio.sleep(0.01)
+    async with tables.get_session() as session:
+        await bulk_upsert(session, Note, [{"id": 1, "text": "b"}, {"id": 2, "text": "c"}])
+        rows = (
+            await session.execute(
+                select(Note.text, Note.created_at, Note.updated_at).order_by(Note.id)
+            )
+        ).all()
+    assert [r.text for r in rows] == ["b", "c"]
+    assert rows[0].created_at == before.created_at
+    assert rows[0].updated_at > before.updated_at

@@ -145,8 +145,12 @@ class RowPlan:
         factories: dict[str, Callable[[], Any]] = {}
         if dataclasses.is_dataclass(mapper.class_):
             for field in dataclasses.fields(mapper.class_):
-                if field.default_factory is not dataclasses.MISSING:
-                    factories[field.name] = field.default_factory
+                factory = field.default_factory
+                # For init=False fields SQLAlchemy installs its own factory that returns
+                # the DONT_SET sentinel (the column default does the work): not a value.
+                internal = getattr(factory, "__qualname__", "").startswith("_AttributeOptions")
+                if factory is not dataclasses.MISSING and not internal:
+                    factories[field.name] = factory
         version_col = mapper.version_id_col
         generator = mapper.version_id_generator
         autoinc = table.autoincrement_column
