@@ -98,6 +98,12 @@ class Shouting(TypeDecorator[str]):
         return value.upper() if value is not None else None
 
 
+class StandInEncryptedType(Shouting):
+    """Named like dbkeel's EncryptedType: its values are never shown."""
+
+    cache_ok = True
+
+
 class Child(Base):
     """An autoincrement key and a server default, both left to the database."""
 
@@ -112,6 +118,7 @@ class Child(Base):
         init=False,
         insert_default=lambda ctx: ctx.get_current_parameters()["label"] + "!",
     )
+    pin: Mapped[str | None] = mapped_column(StandInEncryptedType, default=None)
     secret: Mapped[str | None] = mapped_column(Shouting, default=None, info={"sensitive": True})
 
 
@@ -331,15 +338,18 @@ async def test_bad_row_is_named_before_anything_is_sent(
     assert not [s for s in statements if "bulk_things" in s]
 
 
-async def test_sensitive_values_are_not_shown_in_errors(tables: DatabaseManager) -> None:
+@pytest.mark.parametrize("column", ["secret", "pin"])
+async def test_sensitive_values_are_not_shown_in_errors(
+    tables: DatabaseManager, column: str
+) -> None:
     async with tables.get_session() as session:
         parent = Thing(name="p")
         session.add(parent)
         with pytest.raises(BulkRowError) as caught:
             await bulk_insert(
-                session, Child, [{"thing_id": parent.id, "label": "x", "secret": 12345678}]
+                session, Child, [{"thing_id": parent.id, "label": "x", column: 12345678}]
             )
-    assert caught.value.column == "secret"
+    assert caught.value.column == column
     assert caught.value.value is None
     assert "12345678" not in str(caught.value)
     assert "hidden" in str(caught.value)
