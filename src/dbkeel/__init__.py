@@ -32,6 +32,7 @@ from dbkeel.mixins import TimestampMixin as TimestampMixin
 from dbkeel.mixins import VersionMixin as VersionMixin
 from dbkeel.mixins import purge_deleted as purge_deleted
 from dbkeel.mixins import soft_delete_unique as soft_delete_unique
+from dbkeel.monitoring.pool import PoolMonitor as PoolMonitor
 from dbkeel.settings import DatabaseSettings as DatabaseSettings
 from dbkeel.types import ArrayType as ArrayType
 from dbkeel.types import JSONBType as JSONBType
@@ -65,6 +66,7 @@ __all__ = [
     "ManagerStateError",
     "MissingDependencyError",
     "PoolExhaustedError",
+    "PoolMonitor",
     "RetryableError",
     "SoftDeleteMixin",
     "StringArray",

@@ -27,6 +27,9 @@ from dbkeel._translate import mysql_errno, sqlstate, translate_errors
 from dbkeel.engine import create_engine
 from dbkeel.exceptions import DatabaseUnavailableError, ManagerStateError
 from dbkeel.mixins.session import DbkeelSession
+from dbkeel.monitoring.health import HealthReport, check_health
+from dbkeel.monitoring.pool import PoolMonitor
+from dbkeel.monitoring.slow_queries import SlowQueryLog
 from dbkeel.settings import DatabaseSettings
 
 if TYPE_CHECKING:
@@ -64,6 +67,8 @@ class DatabaseManager:
         self._session_factory: async_sessionmaker[AsyncSession] | None = None
         self._state: _State = "new"
         self._init_lock = asyncio.Lock()
+        self._monitor: PoolMonitor | None = None
+        self._leak_watch: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         url = self._settings.masked_url if self._settings is not None else "<from environment>"
@@ -109,10 +114,14 @@ class DatabaseManager:
                     extra={"app_name": settings.app_name},
                 )
             engine = create_engine(settings)
+            if settings.effective_monitoring:
+                # Before the first connection, so its connect time is counted too.
+                self._start_monitoring(engine, settings)
             try:
                 await self._prove_connection(engine, settings)
             except BaseException:
                 # Includes CancelledError: never leave a half-built engine behind.
+                await self._stop_leak_watch()
                 await asyncio.shield(engine.dispose())
                 raise
             self._engine = engine
@@ -130,6 +139,7 @@ class DatabaseManager:
         """Dispose of the engine and its pooled connections. Safe to call twice."""
         engine, self._engine, self._session_factory = self._engine, None, None
         self._state = "closed"
+        await self._stop_leak_watch()
         if engine is not None:
             # shielded: a cancelled shutdown must still close the sockets.
             await asyncio.shield(engine.dispose())
@@ -211,7 +221,56 @@ class DatabaseManager:
 
         return await run_in_transaction(self, fn, retries=retries, backoff=backoff)
 
+    @property
+    def monitor(self) -> PoolMonitor | None:
+        """The :class:`~dbkeel.PoolMonitor` attached at initialize(), if monitoring is on."""
+        return self._monitor
+
+    async def health(self) -> HealthReport:
+        """Reachability, round-trip latency, server version and pool status, as a dict.
+
+        Never raises for a database failure (``reachable`` is False and ``error`` says
+        why), so it suits readiness endpoints; raises :class:`ManagerStateError` before
+        initialize() or after close().
+
+        Example::
+
+            report = await db.health()
+            status_code = 200 if report["reachable"] else 503
+        """
+        engine = self.engine
+        settings = self.settings
+        password = settings.url.password
+        return await check_health(
+            engine,
+            timeout=settings.connect_timeout,
+            password=password if isinstance(password, str) else None,
+        )
+
     # -- internals ----------------------------------------------------------------------
+
+    def _start_monitoring(self, engine: AsyncEngine, settings: DatabaseSettings) -> None:
+        self._monitor = PoolMonitor.setup_listeners(
+            engine, PoolMonitor.options_from_settings(settings)
+        )
+        if settings.slow_query_threshold > 0:
+            SlowQueryLog.setup(
+                engine,
+                settings.slow_query_threshold,
+                log_parameters=settings.log_parameters,
+                app_name=settings.app_name,
+            )
+        # A leaked connection never comes back, so no pool event would report it: look.
+        self._leak_watch = asyncio.get_running_loop().create_task(
+            self._monitor.watch_leaks(), name="dbkeel-leak-watch"
+        )
+
+    async def _stop_leak_watch(self) -> None:
+        task, self._leak_watch = self._leak_watch, None
+        if task is not None:
+            task.cancel()
+            # Wait for it to finish so no pending task outlives the manager (or its loop).
+            await asyncio.gather(task, return_exceptions=True)
 
     def _not_ready(self, what: str) -> ManagerStateError:
         if self._state == "closed":

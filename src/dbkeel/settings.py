@@ -194,6 +194,40 @@ class DatabaseSettings(BaseSettings):
         "statement caching and client pooling.",
     )
 
+    monitoring: bool | None = _var(
+        "DATABASE_MONITORING",
+        default=None,
+        description="Attach a PoolMonitor and the slow query log (default: on in production).",
+    )
+    long_lived_threshold: float = _var(
+        "DATABASE_LONG_LIVED_THRESHOLD",
+        default=300.0,
+        gt=0,
+        description="Warn once when a connection older than this is checked out.",
+    )
+    leak_threshold: float = _var(
+        "DATABASE_LEAK_THRESHOLD",
+        default=60.0,
+        gt=0,
+        description="Warn when a connection is held (checked out) longer than this.",
+    )
+    capture_checkout_stack: bool = _var(
+        "DATABASE_CAPTURE_CHECKOUT_STACK",
+        default=False,
+        description="Record where each connection is checked out, for leak warnings.",
+    )
+    slow_query_threshold: float = _var(
+        "DATABASE_SLOW_QUERY_THRESHOLD",
+        default=1.0,
+        ge=0,
+        description="Log statements slower than this; 0 turns the slow query log off.",
+    )
+    log_parameters: bool = _var(
+        "DATABASE_LOG_PARAMETERS",
+        default=False,
+        description="Show bound parameters in the slow query log (they may hold user data).",
+    )
+
     # Environment variable name of each field, for error messages and the docs table.
     ENV_NAMES: ClassVar[dict[str, str]] = {}
 
@@ -246,6 +280,13 @@ class DatabaseSettings(BaseSettings):
         """pool_pre_ping, or True in production when not set."""
         if self.pool_pre_ping is not None:
             return self.pool_pre_ping
+        return self.environment == "production"
+
+    @property
+    def effective_monitoring(self) -> bool:
+        """monitoring, or True in production when not set."""
+        if self.monitoring is not None:
+            return self.monitoring
         return self.environment == "production"
 
     @property

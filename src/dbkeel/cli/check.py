@@ -11,6 +11,7 @@ from dbkeel.cli._console import console, print_error
 from dbkeel.engine import build_engine_options
 from dbkeel.exceptions import DbkeelError
 from dbkeel.manager import DatabaseManager
+from dbkeel.monitoring.health import HealthReport
 from dbkeel.settings import DatabaseSettings
 
 
@@ -45,6 +46,19 @@ async def run_check() -> int:
             if key in options.kwargs:
                 table.add_row(key, str(options.kwargs[key]))
         console.print(table)
+        console.print(_health_table(await db.health()))
         return 0
     finally:
         await db.close()
+
+
+def _health_table(report: HealthReport) -> Table:
+    """``db.health()`` as a table: what a readiness endpoint would return."""
+    table = Table(title="health report (await db.health())", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for key in ("status", "reachable", "latency_ms", "server_version", "backend", "error"):
+        table.add_row(key, str(report[key]))
+    for key, value in report["pool"].items():
+        table.add_row(f"pool.{key}", "unknown" if value is None else str(value))
+    return table

@@ -79,8 +79,14 @@ class _DemoAbort(Exception):
     """Raised on purpose inside a session to show the rollback."""
 
 
+_step_number = 0
+
+
 def _step(title: str) -> None:
-    console.rule(f"[bold cyan]{title}")
+    """Print a numbered step heading (steps are numbered in the order they run)."""
+    global _step_number
+    _step_number += 1
+    console.rule(f"[bold cyan]{_step_number}. {title}")
 
 
 async def run_demo() -> int:
@@ -92,6 +98,8 @@ async def run_demo() -> int:
     except DbkeelError as exc:
         print_error(exc)
         return 1
+    global _step_number
+    _step_number = 0
     try:
         await _demo_steps(db, settings)
     finally:
@@ -101,7 +109,7 @@ async def run_demo() -> int:
 
 
 async def _demo_steps(db: DatabaseManager, settings: DatabaseSettings) -> None:
-    _step("1. settings and engine profile")
+    _step("settings and engine profile")
     console.print(f"database   {settings.masked_url}")
     console.print(
         f"profile    ENVIRONMENT={settings.environment}, pool "
@@ -109,13 +117,13 @@ async def _demo_steps(db: DatabaseManager, settings: DatabaseSettings) -> None:
         + (" (no DATABASE_URL: embedded SQLite default)" if settings.uses_default_url else "")
     )
 
-    _step("2. schema")
+    _step("schema")
     async with db.engine.begin() as conn:
         await conn.run_sync(DemoBase.metadata.drop_all)
         await conn.run_sync(DemoBase.metadata.create_all)
     console.print("created demo_customers, demo_orders, demo_products, demo_page_views")
 
-    _step("3. write in one transaction (get_session commits on success)")
+    _step("write in one transaction (get_session commits on success)")
     async with db.get_session() as session:
         ada = Customer(name="Ada Lovelace", email="ada@example.com")
         ada.orders = [
@@ -127,7 +135,7 @@ async def _demo_steps(db: DatabaseManager, settings: DatabaseSettings) -> None:
         session.add_all([ada, grace])
     console.print("committed 2 customers and 3 orders")
 
-    _step("4. read back")
+    _step("read back")
     async with db.get_session() as session:
         rows = await session.execute(
             select(Customer.name, func.count(Order.id), func.sum(Order.amount))
@@ -140,7 +148,7 @@ async def _demo_steps(db: DatabaseManager, settings: DatabaseSettings) -> None:
             table.add_row(name, str(count), f"{Decimal(total):.2f}")
         console.print(table)
 
-    _step("5. rollback: an error inside get_session() undoes everything in it")
+    _step("rollback: an error inside get_session() undoes everything in it")
     try:
         async with db.get_session() as session:
             session.add(Customer(name="Charles Babbage", email="charles@example.com"))
@@ -153,23 +161,24 @@ async def _demo_steps(db: DatabaseManager, settings: DatabaseSettings) -> None:
         count = await session.scalar(select(func.count()).select_from(Customer)) or 0
     console.print(f"customers after the rollback: {count} (Charles was never committed)")
 
-    await _doctor_step(settings)
     await _demo_mixins(db)
     await _bulk_step(db)
+    await _demo_monitoring(db)
+    await _doctor_step(settings)  # last: it audits everything the demo set up
 
 
 async def _doctor_step(settings: DatabaseSettings) -> None:
     from dbkeel.cli.doctor import render_report
     from dbkeel.doctor import run_doctor
 
-    _step("6. dbkeel doctor: this configuration and the demo models, audited")
+    _step("dbkeel doctor: this configuration and the demo models, audited")
     report = await run_doctor(settings, metadata=DemoBase.metadata)
     render_report(report)
     console.print("run it yourself: dbkeel doctor --models yourapp.models:Base [--json]")
 
 
 async def _demo_mixins(db: DatabaseManager) -> None:
-    _step("7. soft delete and restore (SoftDeleteMixin)")
+    _step("soft delete and restore (SoftDeleteMixin)")
     async with db.get_session() as session:
         session.add_all([Product(id=1, name="gear", stock=10), Product(id=2, name="lever")])
     async with db.get_session() as session:
@@ -191,7 +200,7 @@ async def _demo_mixins(db: DatabaseManager) -> None:
         visible = (await session.scalars(select(Product.name).order_by(Product.id))).all()
     console.print(f"after lever.restore(): queries see {visible}")
 
-    _step("8. a conflict being retried (VersionMixin + run_in_transaction)")
+    _step("a conflict being retried (VersionMixin + run_in_transaction)")
     attempts = 0
 
     async def take_one(session: AsyncSession) -> int:
@@ -217,6 +226,27 @@ async def _demo_mixins(db: DatabaseManager) -> None:
     )
 
 
+async def _demo_monitoring(db: DatabaseManager) -> None:
+    """Attach a PoolMonitor (if the profile did not) and show this pool's Prometheus text."""
+    from dbkeel.monitoring import PoolMonitor, prometheus_text
+
+    _step("monitoring: pool status and Prometheus metrics for this pool")
+    monitor = db.monitor or PoolMonitor.setup_listeners(db.engine, app_name=db.settings.app_name)
+    for _ in range(3):
+        async with db.get_session() as session:
+            await session.scalar(select(func.count()).select_from(Customer))
+    console.print(f"pool status: {PoolMonitor.get_pool_status(db.engine)}")
+    try:
+        metrics = prometheus_text(monitor)
+    except DbkeelError as exc:  # MissingDependencyError without dbkeel[prometheus]
+        console.print(f"[yellow]{exc}[/]")
+        return
+    lines = [line for line in metrics.splitlines() if not line.startswith("#")]
+    shown = [line for line in lines if "_bucket" not in line]
+    console.print("\n".join(shown), markup=False, highlight=False, soft_wrap=True)
+    console.print(f"({len(lines) - len(shown)} histogram bucket lines not shown)")
+
+
 def _page_views(count: int) -> Iterator[dict[str, Any]]:
     start = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     for i in range(count):
@@ -230,7 +260,7 @@ def _page_views(count: int) -> Iterator[dict[str, Any]]:
 async def _bulk_step(db: DatabaseManager) -> None:
     # DBKEEL_DEMO_BULK_ROWS lets the test suite run a short version of this step.
     count = int(os.environ.get("DBKEEL_DEMO_BULK_ROWS", "200000"))
-    _step(f"9. bulk load: {count:,} rows streamed through bulk_insert()")
+    _step(f"bulk load: {count:,} rows streamed through bulk_insert()")
     method = "COPY" if db.engine.dialect.driver == "asyncpg" else "batched INSERT"
     columns = (
         TextColumn("[cyan]{task.description}"),

@@ -1,0 +1,81 @@
+"""``check_health``: is the database answering, how fast, and how full is the pool.
+
+The report is a plain dict (JSON-ready) so a readiness endpoint can return it as is::
+
+    @app.get("/ready")
+    async def ready():
+        report = await db.health()
+        return JSONResponse(report, status_code=200 if report["reachable"] else 503)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from time import perf_counter
+from typing import Literal, TypedDict
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from dbkeel.monitoring.pool import PoolMonitor
+from dbkeel.monitoring.status import PoolStatus
+
+__all__ = ["HealthReport", "check_health"]
+
+logger = logging.getLogger(__name__)
+
+
+class HealthReport(TypedDict):
+    """What :func:`check_health` found.
+
+    ``status`` is ``"ok"`` or ``"unavailable"``; ``latency_ms`` the ``SELECT 1`` round trip
+    (including checkout); ``error`` the exception type and message when unreachable.
+    """
+
+    status: Literal["ok", "unavailable"]
+    reachable: bool
+    latency_ms: float | None
+    server_version: str | None
+    backend: str
+    pool: PoolStatus
+    error: str | None
+
+
+async def check_health(
+    engine: AsyncEngine,
+    *,
+    timeout: float = 5.0,  # noqa: ASYNC109 - the budget is part of the report's meaning
+    password: str | None = None,
+) -> HealthReport:
+    """Run ``SELECT 1`` on *engine* within *timeout* s; never raises for a database error.
+
+    *password*, if given, is masked out of the error text.
+    """
+    latency_ms: float | None = None
+    version: str | None = None
+    error: str | None = None
+    try:
+        async with asyncio.timeout(timeout):
+            start = perf_counter()
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+            latency_ms = round((perf_counter() - start) * 1000, 3)
+            info = engine.dialect.server_version_info
+            version = ".".join(str(part) for part in info) if info else None
+    except Exception as exc:  # any failure means "not ready"; the caller gets the reason
+        error = f"{type(exc).__name__}: {getattr(exc, 'orig', None) or exc}"
+        if isinstance(exc, TimeoutError):
+            error = f"TimeoutError: no answer within {timeout:g} s"
+        if password:
+            error = error.replace(password, "***")
+        logger.warning("health check failed: %s", error, extra={"error": error})
+    return HealthReport(
+        status="ok" if error is None else "unavailable",
+        reachable=error is None,
+        latency_ms=latency_ms,
+        server_version=version,
+        backend=f"{engine.dialect.name}+{engine.dialect.driver}",
+        pool=PoolMonitor.get_pool_status(engine),
+        error=error,
+    )

@@ -1,0 +1,165 @@
+"""Prometheus export of :class:`PoolMonitor` figures (extra ``dbkeel[prometheus]``).
+
+A custom collector: nothing is updated on the hot path for Prometheus, the figures are
+read from the monitors when the registry is scraped. Every series carries the labels
+``app`` and ``pool``. Series (``dbkeel_pool_`` prefix):
+
+================================  =========  ==========================================
+``connections{state}``            gauge      open connections, ``state`` idle or used
+``capacity``                      gauge      the most the pool opens (size + max_overflow)
+``size``                          gauge      connections kept open (pool_size)
+``overflow_in_use``               gauge      connections open beyond size
+``waiting``                       gauge      callers waiting for a connection
+``checkout_wait_seconds``         histogram  time to obtain a connection
+``checkout_timeouts_total``       counter    checkouts that gave up (PoolExhaustedError)
+``invalidations_total{kind}``     counter    ``kind`` hard or soft
+``connects_total``                counter    connections opened
+``connect_seconds``               histogram  time to open a connection
+``leaks_total``                   counter    connections reported held too long
+================================  =========  ==========================================
+
+Example::
+
+    from dbkeel.monitoring import register_prometheus
+
+    register_prometheus(db.monitor)     # the default registry, served by start_http_server
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from dbkeel.exceptions import MissingDependencyError
+
+if TYPE_CHECKING:
+    from dbkeel.monitoring.pool import PoolMonitor
+    from dbkeel.monitoring.stats import Histogram
+
+__all__ = ["PoolCollector", "prometheus_text", "register_prometheus"]
+
+PREFIX = "dbkeel_pool_"
+_COLLECTORS: weakref.WeakKeyDictionary[Any, PoolCollector] = weakref.WeakKeyDictionary()
+
+
+def _client() -> Any:
+    try:
+        import prometheus_client.core
+    except ImportError:
+        raise MissingDependencyError(
+            "Prometheus metrics", "prometheus", "prometheus_client"
+        ) from None
+    return prometheus_client.core
+
+
+class PoolCollector:
+    """A prometheus-client collector over any number of monitors (one registry each).
+
+    Example::
+
+        from prometheus_client import CollectorRegistry
+        registry = CollectorRegistry()
+        registry.register(PoolCollector([monitor]))
+    """
+
+    def __init__(self, monitors: list[PoolMonitor] | None = None) -> None:
+        self.core = _client()
+        self._monitors: weakref.WeakSet[PoolMonitor] = weakref.WeakSet(monitors or ())
+
+    def add(self, monitor: PoolMonitor) -> None:
+        """Export *monitor* too (a second add is a no-op)."""
+        self._monitors.add(monitor)
+
+    def describe(self) -> Iterator[Any]:
+        # Names for the registry's duplicate check, without reading any pool.
+        return self._families([])
+
+    def collect(self) -> Iterator[Any]:
+        return self._families(list(self._monitors))
+
+    def _families(self, monitors: list[PoolMonitor]) -> Iterator[Any]:
+        core = self.core
+        labels = ["app", "pool"]
+        gauge, counter = core.GaugeMetricFamily, core.CounterMetricFamily
+        connections = gauge(PREFIX + "connections", "Open connections by state.", labels=[
+            *labels, "state"])  # fmt: skip
+        capacity = gauge(PREFIX + "capacity", "Most connections the pool opens.", labels=labels)
+        size = gauge(PREFIX + "size", "Connections the pool keeps open.", labels=labels)
+        overflow = gauge(
+            PREFIX + "overflow_in_use", "Connections open beyond the pool size.", labels=labels
+        )
+        waiting = gauge(PREFIX + "waiting", "Callers waiting for a connection.", labels=labels)
+        wait = core.HistogramMetricFamily(
+            PREFIX + "checkout_wait_seconds", "Time to obtain a connection.", labels=labels
+        )
+        timeouts = counter(PREFIX + "checkout_timeouts", "Checkouts that timed out.", labels=labels)
+        invalidations = counter(
+            PREFIX + "invalidations", "Connections invalidated.", labels=[*labels, "kind"]
+        )
+        connects = counter(PREFIX + "connects", "Connections opened.", labels=labels)
+        connect_time = core.HistogramMetricFamily(
+            PREFIX + "connect_seconds", "Time to open a connection.", labels=labels
+        )
+        leaks = counter(PREFIX + "leaks", "Connections held past the leak threshold.",
+                        labels=labels)  # fmt: skip
+        for monitor in monitors:
+            key = [monitor.options.app_name, monitor.options.pool_name]
+            c = monitor.counters
+            try:
+                status = monitor.status()
+            except Exception:  # the engine is gone: export nothing for it
+                continue
+            used = status["checked_out"] or 0
+            connections.add_metric([*key, "idle"], status["checked_in"])
+            connections.add_metric([*key, "used"], used)
+            if status["max"] is not None:
+                capacity.add_metric(key, status["max"])
+            size.add_metric(key, status["size"])
+            overflow.add_metric(key, status["overflow"])
+            waiting.add_metric(key, status["waiting"] or 0)
+            wait.add_metric(key, _buckets(c.checkout_wait), c.checkout_wait.sum)
+            timeouts.add_metric(key, c.checkout_timeouts)
+            invalidations.add_metric([*key, "hard"], c.hard_invalidations)
+            invalidations.add_metric([*key, "soft"], c.soft_invalidations)
+            connects.add_metric(key, c.connects)
+            connect_time.add_metric(key, _buckets(c.connect_time), c.connect_time.sum)
+            leaks.add_metric(key, c.leaks)
+        yield from (connections, capacity, size, overflow, waiting, wait, timeouts)
+        yield from (invalidations, connects, connect_time, leaks)
+
+
+def _buckets(histogram: Histogram) -> list[tuple[str, int]]:
+    return [
+        ("+Inf" if bound == float("inf") else repr(bound), count)
+        for bound, count in histogram.cumulative()
+    ]
+
+
+def register_prometheus(monitor: PoolMonitor, registry: Any = None) -> PoolCollector:
+    """Export *monitor* through *registry* (default: prometheus-client's global one).
+
+    All monitors registered on one registry share one collector, so several pools (or
+    apps) never clash on metric names; their ``app`` and ``pool`` labels tell them apart.
+    Raises :class:`~dbkeel.MissingDependencyError` without ``dbkeel[prometheus]``.
+    """
+    core = _client()
+    if registry is None:
+        registry = core.REGISTRY
+    collector = _COLLECTORS.get(registry)
+    if collector is None:
+        collector = PoolCollector()
+        registry.register(collector)
+        _COLLECTORS[registry] = collector
+    collector.add(monitor)
+    return collector
+
+
+def prometheus_text(*monitors: PoolMonitor) -> str:
+    """The Prometheus text exposition of *monitors* alone (handy for a debug endpoint)."""
+    core = _client()
+    from prometheus_client import generate_latest
+
+    registry = core.CollectorRegistry(auto_describe=True)
+    registry.register(PoolCollector(list(monitors)))
+    return bytes(generate_latest(registry)).decode()
