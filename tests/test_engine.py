@@ -151,3 +151,22 @@ async def test_create_engine_logs_the_unknown_driver_note(
     with pytest.raises(Exception, match="asyncio"):
         create_engine(s)  # pysqlite is not async: SQLAlchemy itself refuses it
     assert any("no dbkeel profile" in r.getMessage() for r in caplog.records)
+
+
+async def test_sqlite_autocommit_setting_really_autocommits(tmp_path: object) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/ac.sqlite3"
+    async with DatabaseManager(make_settings(url, isolation_level="AUTOCOMMIT")) as db:
+        async with db.engine.connect() as conn:
+            await conn.execute(text("CREATE TABLE t (x INTEGER)"))
+            await conn.execute(text("INSERT INTO t VALUES (1)"))
+            # no commit: under AUTOCOMMIT each statement is already durable
+        async with db.engine.connect() as conn:
+            assert (await conn.execute(text("SELECT x FROM t"))).scalars().all() == [1]
+
+
+def test_pgbouncer_mode_says_where_statement_timeout_went(pg_url: str) -> None:
+    options = build_engine_options(make_settings(pg_url, pgbouncer=True, statement_timeout=5))
+    assert "statement_timeout" not in options.kwargs["connect_args"]["server_settings"]
+    assert any("ALTER ROLE" in note for note in options.notes)
+    psycopg = make_settings(pg_url.replace("asyncpg", "psycopg"), pgbouncer=True)
+    assert build_engine_options(psycopg).kwargs["connect_args"]["prepare_threshold"] is None

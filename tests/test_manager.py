@@ -4,7 +4,10 @@ cancellation - on the real databases."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 import sqlalchemy.exc
@@ -12,6 +15,7 @@ from sqlalchemy import Integer, String, func, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from dbkeel import (
+    ConfigurationError,
     DatabaseManager,
     DatabaseUnavailableError,
     DbkeelError,
@@ -191,8 +195,9 @@ async def test_unknown_database_fails_at_once_without_retrying(pg_url: str) -> N
     assert time.monotonic() - start < 2.0
 
 
-async def test_server_that_comes_up_late_is_waited_for(pg_url: str) -> None:
-    """A proxy that refuses connections for 0.6 s and then forwards them to PostgreSQL."""
+@asynccontextmanager
+async def late_server(pg_url: str, delay: float) -> AsyncIterator[str]:
+    """A TCP proxy that refuses connections for *delay* s, then forwards to PostgreSQL."""
     from sqlalchemy.engine import make_url
 
     target = make_url(pg_url)
@@ -217,15 +222,91 @@ async def test_server_that_comes_up_late_is_waited_for(pg_url: str) -> None:
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    loop = asyncio.get_running_loop()
-    loop.call_later(0.6, accepting.set)
-    url = target.set(port=port).render_as_string(hide_password=False)
+    asyncio.get_running_loop().call_later(delay, accepting.set)
     try:
+        yield target.set(port=port).render_as_string(hide_password=False)
+    finally:
+        server.close()
+
+
+async def test_server_that_comes_up_late_is_waited_for(pg_url: str) -> None:
+    async with late_server(pg_url, 0.6) as url:
         async with DatabaseManager(make_settings(url, initialize_timeout=5)) as db:
             async with db.engine.connect() as conn:
                 assert await conn.scalar(text("SELECT 1")) == 1
-    finally:
-        server.close()
+
+
+async def test_close_during_initialize_disposes_the_new_engine(pg_url: str) -> None:
+    async with late_server(pg_url, 0.8) as url:
+        db = DatabaseManager(make_settings(url, initialize_timeout=5))
+        starting = asyncio.create_task(db.initialize())
+        await asyncio.sleep(0.2)
+        await db.close()  # shutdown arrives while startup still retries
+        with pytest.raises(ManagerStateError, match="while initialize"):
+            await starting
+    assert not db.is_initialized
+    with pytest.raises(ManagerStateError, match="after close"):
+        _ = db.engine
+
+
+async def test_cancelled_initialize_leaves_nothing_behind(pg_url: str) -> None:
+    url = "postgresql+asyncpg://postgres@127.0.0.1:1/test"
+    db = DatabaseManager(
+        make_settings(url, environment="production", initialize_timeout=5, monitoring=True)
+    )
+    before = asyncio.all_tasks()
+    starting = asyncio.create_task(db.initialize())
+    await asyncio.sleep(0.3)
+    starting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await starting
+    assert not db.is_initialized
+    assert asyncio.all_tasks() - before - {asyncio.current_task()} == set()  # no leak watcher
+    # a cancelled startup can be tried again
+    db2 = DatabaseManager(make_settings(pg_url))
+    await db2.initialize()
+    await db2.close()
+
+
+async def test_cancelled_close_still_disposes_the_pool(pg_url: str) -> None:
+    settings = make_settings(pg_url, environment="production", pool_size=2, max_overflow=0)
+    db = await DatabaseManager(settings).initialize()
+    pool = db.engine.pool
+    async with db.get_session() as session:
+        await session.execute(text("SELECT 1"))
+    assert pool.checkedin() == 1  # type: ignore[attr-defined]
+    closing = asyncio.create_task(db.close())
+    await asyncio.sleep(0)
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    await asyncio.sleep(0.3)
+    assert pool.checkedin() == 0  # type: ignore[attr-defined]
+
+
+async def test_driver_refusing_its_arguments_is_a_configuration_error() -> None:
+    url = "mysql+asyncmy://root@127.0.0.1:3306/test?ssl=true"
+    start = time.monotonic()
+    with pytest.raises(ConfigurationError, match="refused the connection settings"):
+        await DatabaseManager(make_settings(url)).initialize()
+    assert time.monotonic() - start < 2.0  # not retried for the whole budget
+
+
+async def test_password_never_reaches_a_log_line(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from sqlalchemy.engine import make_url
+
+    caplog.set_level(logging.DEBUG)
+    # trust auth accepts any password: a real session, with SQL echo on
+    url = make_url(pg_url).set(password=SECRET).render_as_string(hide_password=False)
+    async with DatabaseManager(make_settings(url, echo=True)) as db, db.get_session() as s:
+        await s.execute(text("SELECT 1"))
+    dead = f"postgresql+asyncpg://app:{SECRET}@127.0.0.1:1/appdb"
+    with pytest.raises(DatabaseUnavailableError):
+        await DatabaseManager(make_settings(dead, initialize_timeout=0.5)).initialize()
+    assert caplog.records  # echo and the retry warnings did log
+    assert all(SECRET not in record.getMessage() for record in caplog.records)
 
 
 # -- pool exhaustion and cancellation (PostgreSQL) -------------------------------------

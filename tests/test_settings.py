@@ -164,3 +164,15 @@ def test_readme_documents_every_variable() -> None:
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     for field, variable in DatabaseSettings.ENV_NAMES.items():
         assert f"| `{variable}` | `{field}` |" in readme, variable
+
+
+def test_model_dump_masks_the_password() -> None:
+    s = DatabaseSettings(database_url=f"postgresql+asyncpg://app:{SECRET}@db/app")
+    assert SECRET not in str(s.model_dump())
+    assert SECRET not in s.model_dump_json()
+    assert s.url.password == SECRET  # the engine still gets the real one
+
+
+def test_none_switches_off_a_knob_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_COMMAND_TIMEOUT", "none")
+    assert DatabaseSettings().command_timeout is None

@@ -35,6 +35,7 @@ from dbkeel.mixins import soft_delete_unique as soft_delete_unique
 from dbkeel.monitoring.pool import PoolMonitor as PoolMonitor
 from dbkeel.settings import DatabaseSettings as DatabaseSettings
 from dbkeel.types import ArrayType as ArrayType
+from dbkeel.types import EncryptedType as EncryptedType
 from dbkeel.types import JSONBType as JSONBType
 from dbkeel.types import StringArray as StringArray
 from dbkeel.types import UTCDateTime as UTCDateTime
@@ -61,6 +62,7 @@ __all__ = [
     "DbkeelError",
     "DbkeelSession",
     "DecryptionError",
+    "EncryptedType",
     "InvalidValueError",
     "JSONBType",
     "ManagerStateError",

@@ -43,7 +43,8 @@ def translate_errors(pool: Pool | None = None, *, pool_timeout: float = 0.0) -> 
     A column type's ``InvalidValueError`` reaches SQLAlchemy inside a ``StatementError``
     (whose message would also print every bound parameter); it is raised as itself.
 
-    Everything else passes through unchanged. The original is always ``__cause__``.
+    Everything else passes through unchanged. The original is ``__cause__``, except
+    for a refused value (see above).
     """
     try:
         yield
@@ -53,7 +54,9 @@ def translate_errors(pool: Pool | None = None, *, pool_timeout: float = 0.0) -> 
         raise _pool_exhausted(pool, pool_timeout) from exc
     except sqlalchemy.exc.StatementError as exc:
         if isinstance(exc.orig, InvalidValueError):
-            raise exc.orig from exc
+            # from None: the StatementError's text lists every bound parameter of the
+            # statement (other columns' values, tokens...), which must not reach a log.
+            raise exc.orig from None
         raise
     except StaleDataError as exc:
         raise concurrent_update_error(exc) from exc
@@ -129,29 +132,39 @@ def _pool_exhausted(pool: Pool | None, timeout: float) -> PoolExhaustedError:
     )
 
 
-def sqlstate(exc: BaseException) -> str | None:
-    """The PostgreSQL SQLSTATE behind *exc* (asyncpg or psycopg), or None."""
+def _error_chain(exc: BaseException) -> Iterator[BaseException]:
+    """*exc*, then what it wraps: SQLAlchemy's ``.orig``, else ``__cause__``; no cycles."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
+        yield current
+        nxt = getattr(current, "orig", None)
+        current = nxt if isinstance(nxt, BaseException) else current.__cause__
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The PostgreSQL SQLSTATE behind *exc* (asyncpg or psycopg), or None.
+
+    Example: ``sqlstate(exc) == "40001"`` for a serialization failure.
+    """
+    for current in _error_chain(exc):
         code = getattr(current, "sqlstate", None) or getattr(current, "pgcode", None)
         if isinstance(code, str):
             return code
-        nxt = getattr(current, "orig", None)
-        current = nxt if isinstance(nxt, BaseException) else current.__cause__
     return None
 
 
 def mysql_errno(exc: BaseException) -> int | None:
-    """The MariaDB/MySQL error number behind *exc* (asyncmy, aiomysql), or None."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
+    """The MariaDB/MySQL error number behind *exc* (asyncmy, aiomysql), or None.
+
+    Example: ``mysql_errno(exc) == 1213`` for a deadlock. An ``OSError``'s errno is not
+    a server error number and is never returned.
+    """
+    for current in _error_chain(exc):
+        if isinstance(current, OSError):
+            continue
         args = getattr(current, "args", ())
         if args and isinstance(args[0], int) and not isinstance(args[0], bool):
             return args[0]
-        nxt = getattr(current, "orig", None)
-        current = nxt if isinstance(nxt, BaseException) else current.__cause__
     return None

@@ -54,6 +54,7 @@ class EngineOptions:
     kwargs: dict[str, Any]
     sqlite_pragmas: tuple[str, ...] = ()
     session_sql: tuple[str, ...] = ()
+    mysql_statement_timeout: float | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -80,9 +81,17 @@ def build_engine_options(settings: DatabaseSettings) -> EngineOptions:
     notes: list[str] = []
     if settings.isolation_level is not None:
         kwargs["isolation_level"] = settings.isolation_level
+    if settings.pgbouncer and settings.statement_timeout is not None:
+        notes.append(
+            "DATABASE_STATEMENT_TIMEOUT is not sent with DATABASE_PGBOUNCER=1: PgBouncer "
+            "rejects unknown startup parameters and forgets session SETs between "
+            "transactions. Set it on the server instead: ALTER ROLE <app> SET "
+            "statement_timeout = '30s'"
+        )
 
     kwargs.update(_pool_options(settings, url))
     connect_args: dict[str, Any] = {}
+    statement_timeout: float | None = None
     pragmas: tuple[str, ...] = ()
     session_sql: tuple[str, ...] = ()
 
@@ -110,8 +119,7 @@ def build_engine_options(settings: DatabaseSettings) -> EngineOptions:
             # UTC sessions, so CURRENT_TIMESTAMP / NOW() defaults agree with Python's UTC.
             "SET SESSION time_zone = '+00:00'",
         )
-        if settings.statement_timeout is not None:
-            session_sql += (f"SET SESSION max_statement_time = {settings.statement_timeout:g}",)
+        statement_timeout = settings.statement_timeout
     else:
         notes.append(
             f"driver {backend}+{driver} has no dbkeel profile: connect arguments "
@@ -120,7 +128,12 @@ def build_engine_options(settings: DatabaseSettings) -> EngineOptions:
     if connect_args:
         kwargs["connect_args"] = connect_args
     return EngineOptions(
-        url=url, kwargs=kwargs, sqlite_pragmas=pragmas, session_sql=session_sql, notes=notes
+        url=url,
+        kwargs=kwargs,
+        sqlite_pragmas=pragmas,
+        session_sql=session_sql,
+        mysql_statement_timeout=statement_timeout,
+        notes=notes,
     )
 
 
@@ -136,9 +149,10 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
         logger.warning("dbkeel: %s", note, extra={"app_name": settings.app_name})
     engine = create_async_engine(options.url, **options.kwargs)
     if options.sqlite_pragmas:
-        _install_sqlite_hooks(engine, options.sqlite_pragmas)
+        autocommit = settings.isolation_level == "AUTOCOMMIT"
+        _install_sqlite_hooks(engine, options.sqlite_pragmas, autocommit_default=autocommit)
     if options.session_sql:
-        _install_session_sql(engine, options.session_sql)
+        _install_session_sql(engine, options.session_sql, options.mysql_statement_timeout)
     return engine
 
 
@@ -209,10 +223,16 @@ def _psycopg_args(settings: DatabaseSettings) -> dict[str, Any]:
     }
     if options:
         args["options"] = " ".join(options)
+    if settings.pgbouncer:
+        # psycopg prepares a statement after 5 runs; PgBouncer (transaction mode) then
+        # routes the EXECUTE to a server that never saw the PREPARE.
+        args["prepare_threshold"] = None
     return args
 
 
-def _install_sqlite_hooks(engine: AsyncEngine, pragmas: tuple[str, ...]) -> None:
+def _install_sqlite_hooks(
+    engine: AsyncEngine, pragmas: tuple[str, ...], *, autocommit_default: bool
+) -> None:
     sync_engine = engine.sync_engine
 
     @event.listens_for(sync_engine, "connect")
@@ -230,16 +250,33 @@ def _install_sqlite_hooks(engine: AsyncEngine, pragmas: tuple[str, ...]) -> None
 
     @event.listens_for(sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
-        if conn.get_isolation_level() != "AUTOCOMMIT":
+        # Not conn.get_isolation_level(): it asks SQLite (an extra PRAGMA per transaction)
+        # and never answers AUTOCOMMIT. The execution option, else the engine default.
+        level = conn.get_execution_options().get("isolation_level")
+        if level is None and autocommit_default:
+            return
+        if level != "AUTOCOMMIT":
             conn.exec_driver_sql("BEGIN")
 
 
-def _install_session_sql(engine: AsyncEngine, statements: tuple[str, ...]) -> None:
+def _install_session_sql(
+    engine: AsyncEngine, statements: tuple[str, ...], statement_timeout: float | None
+) -> None:
+    dialect = engine.sync_engine.dialect
+
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: DBAPIConnection, record: ConnectionPoolEntry) -> None:
+        todo = list(statements)
+        if statement_timeout is not None:
+            # SQLAlchemy initializes the dialect on the first connect before this runs,
+            # so is_mariadb reflects the server, whatever the URL said.
+            if getattr(dialect, "is_mariadb", False):
+                todo.append(f"SET SESSION max_statement_time = {statement_timeout:g}")
+            else:  # MySQL: milliseconds, and it limits SELECT statements only
+                todo.append(f"SET SESSION max_execution_time = {int(statement_timeout * 1000)}")
         cursor = dbapi_connection.cursor()
         try:
-            for statement in statements:
+            for statement in todo:
                 cursor.execute(statement)
         finally:
             cursor.close()

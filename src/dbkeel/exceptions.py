@@ -7,8 +7,10 @@ errors (something that happened at run time)::
     ├── ConfigurationError          bad setting, missing extra, bad key ring  (also ValueError)
     │   └── MissingDependencyError  an optional extra is not installed       (also ImportError)
     ├── ManagerStateError           DatabaseManager used before initialize() or after close()
+    │   └── KeyRingError            encrypted column used without (the right) keys
     ├── InvalidValueError           a column type refused a Python value     (also ValueError)
-    │   └── BulkRowError            a bulk_insert/bulk_upsert row is unusable (row index, column)
+    │   ├── BulkRowError            a bulk_insert/bulk_upsert row is unusable (row index, column)
+    │   └── EncryptedValueError     an encrypted column refused a value (value never shown)
     ├── DecryptionError             a stored ciphertext cannot be opened
     └── DatabaseError               something went wrong talking to the database
         ├── DatabaseUnavailableError  the server cannot be reached
@@ -38,7 +40,9 @@ __all__ = [
     "DatabaseUnavailableError",
     "DbkeelError",
     "DecryptionError",
+    "EncryptedValueError",
     "InvalidValueError",
+    "KeyRingError",
     "ManagerStateError",
     "MissingDependencyError",
     "PoolExhaustedError",
@@ -98,11 +102,25 @@ class BulkRowError(InvalidValueError):
         super().__init__(message, column=column, value=value)
 
 
-class DecryptionError(DbkeelError):
+class DecryptionError(DbkeelError, sqlalchemy.exc.DontWrapMixin):
     """A stored ciphertext could not be decrypted (tampered, wrong key, unknown key id...).
 
     The message names ``table.column`` and the key id, never the key or the plaintext.
+    Raised as is, not wrapped in SQLAlchemy's ``StatementError``.
     """
+
+
+class KeyRingError(ConfigurationError, sqlalchemy.exc.DontWrapMixin):
+    """An encrypted or blind-index column was used without the keys it needs.
+
+    Not wrapped in ``StatementError``: that wrapper would print the statement's
+    parameters, which are plaintext before encryption.
+    """
+
+
+class EncryptedValueError(InvalidValueError, sqlalchemy.exc.DontWrapMixin):
+    """An encrypted column refused a value. The message names the column and why, never
+    the value (it is the plaintext); not wrapped in ``StatementError`` for the same reason."""
 
 
 class DatabaseError(DbkeelError):

@@ -15,17 +15,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Literal, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from dbkeel._translate import mysql_errno, sqlstate, translate_errors
 from dbkeel.engine import create_engine
-from dbkeel.exceptions import DatabaseUnavailableError, ManagerStateError
+from dbkeel.exceptions import ConfigurationError, DatabaseUnavailableError, ManagerStateError
 from dbkeel.mixins.session import DbkeelSession
 from dbkeel.monitoring.health import HealthReport, check_health
 from dbkeel.monitoring.pool import PoolMonitor
@@ -34,6 +34,8 @@ from dbkeel.settings import DatabaseSettings
 
 if TYPE_CHECKING:
     from types import TracebackType
+
+    from dbkeel.encryption.keys import KeyProvider
 
 __all__ = ["DatabaseManager"]
 
@@ -61,8 +63,13 @@ class DatabaseManager:
         await db.close()
     """
 
-    def __init__(self, settings: DatabaseSettings | None = None) -> None:
+    def __init__(
+        self, settings: DatabaseSettings | None = None, *, key_provider: KeyProvider | None = None
+    ) -> None:
         self._settings = settings
+        # Encrypted columns: keys come from this provider (a KMS, a vault) instead of the
+        # DATABASE_ENCRYPTION_KEYS setting; it is called once, in initialize().
+        self._key_provider = key_provider
         self._engine: AsyncEngine | None = None
         self._session_factory: async_sessionmaker[AsyncSession] | None = None
         self._state: _State = "new"
@@ -95,6 +102,10 @@ class DatabaseManager:
         ``settings.initialize_timeout`` (10 s by default), then raises
         :class:`DatabaseUnavailableError`. Authentication failures and unknown databases
         fail at once. Calling it again on a ready manager does nothing.
+
+        The key ring of encrypted columns is resolved here, once (from *key_provider* or
+        ``DATABASE_ENCRYPTION_KEYS``): if the models define encrypted columns and no keys
+        are configured, :class:`ConfigurationError` is raised before any connection.
         """
         async with self._init_lock:
             if self._state == "ready":
@@ -113,16 +124,27 @@ class DatabaseManager:
                     settings.environment,
                     extra={"app_name": settings.app_name},
                 )
+            # Keys first: a model with encrypted columns but no key ring fails at startup,
+            # before an engine exists, not at its first row.
+            from dbkeel.encryption.registry import install_key_ring, load_key_ring
+
+            key_ring = await load_key_ring(settings, self._key_provider)
             engine = create_engine(settings)
+            install_key_ring(engine, key_ring)
             if settings.effective_monitoring:
                 # Before the first connection, so its connect time is counted too.
                 self._start_monitoring(engine, settings)
             try:
                 await self._prove_connection(engine, settings)
+                if self._closed_meanwhile():
+                    raise ManagerStateError(
+                        "DatabaseManager.close() was called while initialize() was still "
+                        "connecting; the new engine was disposed. Create a new manager to "
+                        "connect again."
+                    )
             except BaseException:
                 # Includes CancelledError: never leave a half-built engine behind.
-                await self._stop_leak_watch()
-                await asyncio.shield(engine.dispose())
+                await _shielded(self._shutdown(engine))
                 raise
             self._engine = engine
             self._session_factory = async_sessionmaker(
@@ -136,13 +158,26 @@ class DatabaseManager:
             return self
 
     async def close(self) -> None:
-        """Dispose of the engine and its pooled connections. Safe to call twice."""
+        """Dispose of the engine and its pooled connections. Safe to call twice.
+
+        An ``initialize()`` still connecting when ``close()`` is called disposes of its
+        own engine and raises :class:`ManagerStateError` instead of coming up.
+        """
         engine, self._engine, self._session_factory = self._engine, None, None
         self._state = "closed"
+        # One shielded task: a cancelled shutdown must still stop the leak watcher and
+        # close the sockets.
+        await _shielded(self._shutdown(engine))
+
+    def _closed_meanwhile(self) -> bool:
+        # A method, not an inline check: close() can run while initialize() awaits, which
+        # the type checker's narrowing of self._state cannot know.
+        return self._state == "closed"
+
+    async def _shutdown(self, engine: AsyncEngine | None) -> None:
         await self._stop_leak_watch()
         if engine is not None:
-            # shielded: a cancelled shutdown must still close the sockets.
-            await asyncio.shield(engine.dispose())
+            await engine.dispose()
 
     async def __aenter__(self) -> Self:
         return await self.initialize()
@@ -286,7 +321,7 @@ class DatabaseManager:
     async def _prove_connection(self, engine: AsyncEngine, settings: DatabaseSettings) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + settings.initialize_timeout
-        delay = 0.1
+        delay = settings.initialize_backoff
         attempt = 0
         while True:
             attempt += 1
@@ -296,7 +331,16 @@ class DatabaseManager:
                     async with engine.connect() as conn:
                         await conn.execute(text("SELECT 1"))
                 return
-            except (OSError, DBAPIError, InterfaceError, TimeoutError) as exc:
+            except (ValueError, TypeError, ArgumentError) as exc:
+                # The driver refused its arguments (e.g. an unknown URL query option):
+                # a configuration mistake that no amount of waiting fixes.
+                raise ConfigurationError(
+                    f"The {settings.url.drivername} driver refused the connection settings "
+                    f"from DATABASE_URL ({settings.masked_url}): "
+                    f"{_scrub(str(exc), settings)}. Fix the URL's query options or "
+                    f"driver arguments."
+                ) from None
+            except (OSError, DBAPIError, TimeoutError) as exc:
                 permanent = _is_permanent(exc)
                 remaining = deadline - loop.time()
                 if permanent or remaining <= delay:
@@ -326,14 +370,19 @@ def _is_permanent(exc: BaseException) -> bool:
     return mysql_errno(exc) in _PERMANENT_MYSQL_ERRNOS
 
 
+def _scrub(text: str, settings: DatabaseSettings) -> str:
+    """*text* with the URL's password replaced, should a driver ever quote it."""
+    password = settings.url.password
+    if isinstance(password, str) and password:
+        return text.replace(password, "***").strip()
+    return text.strip()
+
+
 def _unavailable(
     settings: DatabaseSettings, attempts: int, exc: BaseException, permanent: bool
 ) -> DatabaseUnavailableError:
     url = settings.url
-    password = url.password
-    reason = f"{type(exc).__name__}: {getattr(exc, 'orig', None) or exc}".strip()
-    if isinstance(password, str) and password:
-        reason = reason.replace(password, "***")
+    reason = _scrub(f"{type(exc).__name__}: {getattr(exc, 'orig', None) or exc}", settings)
     where = f"{url.host or 'localhost'}:{url.port or 'default port'}"
     if url.get_backend_name() == "sqlite":
         where = "file"
@@ -348,6 +397,11 @@ def _unavailable(
         f"and reachable, and that DATABASE_URL ({settings.masked_url}) is right."
     )
     return err
+
+
+async def _shielded(work: Coroutine[Any, Any, None]) -> None:
+    """Run *work* to completion even if the caller is cancelled meanwhile."""
+    await asyncio.shield(asyncio.ensure_future(work))
 
 
 async def _shielded_cleanup(session: AsyncSession, *, rollback: bool) -> None:
@@ -365,5 +419,4 @@ async def _shielded_cleanup(session: AsyncSession, *, rollback: bool) -> None:
 
     # A task, shielded: if the caller is cancelled while we roll back, the rollback and
     # the connection's return to the pool still complete (cf. AsyncSession.__aexit__).
-    task = asyncio.ensure_future(cleanup())
-    await asyncio.shield(task)
+    await _shielded(cleanup())

@@ -19,7 +19,7 @@ import logging
 import os
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_serializer, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -92,6 +92,8 @@ class DatabaseSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_file=".env",
         env_file_encoding="utf-8",
+        # DATABASE_COMMAND_TIMEOUT=none switches off a knob whose default is a value.
+        env_parse_none_str="none",
         extra="ignore",
         frozen=True,
     )
@@ -172,6 +174,13 @@ class DatabaseSettings(BaseSettings):
         gt=0,
         description="Total budget of initialize()'s connection retries.",
     )
+    initialize_backoff: float = _var(
+        "DATABASE_INITIALIZE_BACKOFF",
+        default=0.1,
+        gt=0,
+        le=10,
+        description="First pause between initialize()'s attempts; doubles up to 2 s.",
+    )
     echo: bool = _var(
         "DATABASE_ECHO",
         default=False,
@@ -192,6 +201,22 @@ class DatabaseSettings(BaseSettings):
         default=False,
         description="A PgBouncer in transaction mode sits in front: disable prepared "
         "statement caching and client pooling.",
+    )
+    encryption_keys: SecretStr | None = _var(
+        "DATABASE_ENCRYPTION_KEYS",
+        default=None,
+        description="Keys of encrypted columns: comma-separated ID:BASE64KEY entries "
+        "(make one with `dbkeel keys generate`).",
+    )
+    encryption_active_key: str | None = _var(
+        "DATABASE_ENCRYPTION_ACTIVE_KEY",
+        default=None,
+        description="Id of the key new values are encrypted with (needed with several keys).",
+    )
+    blind_index_key: SecretStr | None = _var(
+        "DATABASE_BLIND_INDEX_KEY",
+        default=None,
+        description="Key of blind-index columns, separate from the encryption keys.",
     )
 
     monitoring: bool | None = _var(
@@ -256,6 +281,40 @@ class DatabaseSettings(BaseSettings):
         object.__setattr__(self, "database_url", _normalise_url(self.database_url))
         return self
 
+    @model_validator(mode="after")
+    def _check_keys(self) -> DatabaseSettings:
+        # Parsed here so a bad key fails at load time; no optional package is needed.
+        # Errors raised below never contain key material (see dbkeel.encryption.keys).
+        from dbkeel.encryption.keys import parse_index_key, parse_keys
+
+        keys = {}
+        if self.encryption_keys is not None:
+            keys = parse_keys(self.encryption_keys.get_secret_value())
+            active = self.encryption_active_key
+            if active is None and len(keys) > 1:
+                raise ValueError(
+                    f"DATABASE_ENCRYPTION_KEYS holds {len(keys)} keys ({', '.join(keys)}) but "
+                    f"DATABASE_ENCRYPTION_ACTIVE_KEY is not set: name the id new values are "
+                    f"written with."
+                )
+            if active is not None and active not in keys:
+                raise ValueError(
+                    f"DATABASE_ENCRYPTION_ACTIVE_KEY={active!r} is not one of the ids in "
+                    f"DATABASE_ENCRYPTION_KEYS ({', '.join(keys)})."
+                )
+        elif self.encryption_active_key is not None:
+            raise ValueError(
+                "DATABASE_ENCRYPTION_ACTIVE_KEY is set but DATABASE_ENCRYPTION_KEYS is not."
+            )
+        if self.blind_index_key is not None:
+            index_key = parse_index_key(self.blind_index_key.get_secret_value())
+            if index_key in keys.values():
+                raise ValueError(
+                    "DATABASE_BLIND_INDEX_KEY is also one of the encryption keys: give the "
+                    "blind index a key of its own (`dbkeel keys generate`)."
+                )
+        return self
+
     # -- derived values -----------------------------------------------------------------
 
     @property
@@ -293,6 +352,11 @@ class DatabaseSettings(BaseSettings):
     def masked_url(self) -> str:
         """The effective URL with the password replaced by ``***``."""
         return mask_url(self.url)
+
+    @field_serializer("database_url")
+    def _serialize_url(self, value: str | None) -> str | None:
+        # model_dump()/model_dump_json() are what people log or serve on debug pages.
+        return None if value is None else mask_url(value)
 
     def __repr_args__(self) -> Any:
         for name, value in super().__repr_args__():
@@ -348,8 +412,8 @@ def _describe_validation_error(exc: ValidationError) -> str:
         if not field:
             lines.append(msg)
             continue
-        if field == "database_url":
-            # never echo the input: it may hold the password
+        if field in _SECRET_FIELDS:
+            # never echo the input: it may hold the password or a key
             lines.append(f"{env} is invalid: {msg}")
             continue
         accepted = _accepted_values(field)
@@ -357,6 +421,9 @@ def _describe_validation_error(exc: ValidationError) -> str:
         value = f" = {shown!r}" if shown is not None and error["type"] != "missing" else ""
         lines.append(f"{env}{value} is invalid: {msg}. Accepted: {accepted}.")
     return "Invalid database settings:\n  " + "\n  ".join(lines)
+
+
+_SECRET_FIELDS = {"database_url", "encryption_keys", "blind_index_key"}
 
 
 def _field_for_env(env: str) -> str | None:

@@ -75,6 +75,43 @@ def doctor(
     raise typer.Exit(asyncio.run(code))
 
 
+keys_app = typer.Typer(
+    help="Encryption keys: make new ones, rotate data away from old ones.",
+    no_args_is_help=True,
+)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("generate")
+def keys_generate(
+    key_id: Annotated[
+        str | None, typer.Option("--id", help="Key id (default kYYYYMMDD<hex>).")
+    ] = None,
+) -> None:
+    """Print a new random key as one ID:BASE64KEY line, to append to DATABASE_ENCRYPTION_KEYS."""
+    from dbkeel.cli.keys import run_generate
+
+    raise typer.Exit(run_generate(key_id))
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    models: Annotated[
+        list[str], typer.Option("--models", "-m", help="Module defining the models (repeatable).")
+    ],
+    column: Annotated[
+        list[str] | None,
+        typer.Option("--column", "-c", help="Only this table.column or table (repeatable)."),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Rows per transaction.")] = 500,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count rows per key id.")] = False,
+) -> None:
+    """Re-encrypt every value still under an old key with DATABASE_ENCRYPTION_ACTIVE_KEY."""
+    from dbkeel.cli.keys import run_rotate
+
+    raise typer.Exit(asyncio.run(run_rotate(models, column or None, batch_size, dry_run)))
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -19,6 +19,7 @@ from dbkeel.types import _tracking as _tracking  # installs the ORM listeners
 from dbkeel.types.array import ArrayType as ArrayType
 from dbkeel.types.array import StringArray as StringArray
 from dbkeel.types.datetime import UTCDateTime as UTCDateTime
+from dbkeel.types.encrypted import EncryptedType as EncryptedType
 from dbkeel.types.json import JSONBType as JSONBType
 from dbkeel.types.json import json_default as json_default
 from dbkeel.types.uuid import UUIDType as UUIDType
@@ -27,6 +28,7 @@ from dbkeel.types.uuid import uuid7 as uuid7
 
 __all__ = [
     "ArrayType",
+    "EncryptedType",
     "JSONBType",
     "StringArray",
     "UTCDateTime",

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from dbkeel.types._base import PortableType
 from dbkeel.types.array import ArrayType, StringArray
+from dbkeel.types.encrypted import EncryptedType
 
 __all__ = ["render_item"]
 
@@ -28,6 +29,12 @@ def render_item(kind: str, obj: Any, autogen_context: Any) -> str | Literal[Fals
 
     Returns ``False`` for everything else, so Alembic's own rendering applies.
     """
+    if kind == "type" and isinstance(obj, EncryptedType):
+        autogen_context.imports.add("import dbkeel.types")
+        inner = obj.inner
+        prefix = autogen_context.opts.get("sqlalchemy_module_prefix") or "sa."
+        shown = render_item(kind, inner, autogen_context) or f"{prefix}{inner!r}"
+        return f"dbkeel.types.EncryptedType({shown})"
     if kind != "type" or not isinstance(obj, PortableType):
         return False
     autogen_context.imports.add("import dbkeel.types")

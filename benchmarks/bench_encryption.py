@@ -1,0 +1,146 @@
+"""Encrypted columns (issue 4): per-value cost of dbkeel's EncryptedType against raw AESGCM
+(the floor), advanced-alchemy's EncryptedString (its default Fernet backend) and
+sqlalchemy-utils' StringEncryptedType(..., AesGcmEngine); then 100k rows inserted and read
+back on PostgreSQL with one encrypted column.
+
+Goals: dbkeel / raw AESGCM <= 1.5 per value; each library / dbkeel >= 3.
+Run: ``python -m benchmarks encryption``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select
+from sqlalchemy.dialects import postgresql
+
+from benchmarks._harness import PG_URL, compare
+from dbkeel import DatabaseManager, DatabaseSettings, EncryptedType
+from dbkeel.encryption import KeyRing, generate_key, registry
+
+VALUES = [f"user{i}@example.com" for i in range(10_000)]
+ROWS = 100_000
+
+
+def _types() -> tuple[MetaData, dict[str, Table]]:
+    from advanced_alchemy.types import EncryptedString
+    from sqlalchemy_utils import StringEncryptedType
+    from sqlalchemy_utils.types.encrypted.encrypted_type import AesGcmEngine
+
+    key = os.urandom(32)
+    md = MetaData()
+    kinds = {
+        "plain String": String(320),
+        "dbkeel EncryptedType": EncryptedType(String(320)),
+        "advanced-alchemy EncryptedString": EncryptedString(key=key),
+        "sqlalchemy-utils AesGcmEngine": StringEncryptedType(String, key, AesGcmEngine),
+    }
+    tables = {
+        name: Table(
+            f"bench_enc_{i}", md, Column("id", Integer, primary_key=True), Column("secret", type_)
+        )
+        for i, (name, type_) in enumerate(kinds.items())
+    }
+    return md, tables
+
+
+async def per_value(tables: dict[str, Table], ring: KeyRing) -> None:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    dialect = postgresql.asyncpg.dialect()  # type: ignore[attr-defined]
+    setattr(dialect, registry.RING_ATTRIBUTE, ring)  # what use_key_ring(engine) does
+    raw = AESGCM(os.urandom(32))
+    ad = b"users.email"
+
+    def raw_encrypt(v: str, dialect: object) -> bytes:
+        nonce = os.urandom(12)
+        return nonce + raw.encrypt(nonce, v.encode(), ad)
+
+    def raw_decrypt(b: bytes, dialect: object) -> str:
+        return raw.decrypt(b[:12], b[12:], ad).decode()
+
+    # every candidate is called as SQLAlchemy calls process_bind_param: (value, dialect)
+    pairs: dict[str, tuple[Any, Any]] = {"raw AESGCM": (raw_encrypt, raw_decrypt)}
+    for name in (
+        "dbkeel EncryptedType",
+        "advanced-alchemy EncryptedString",
+        "sqlalchemy-utils AesGcmEngine",
+    ):
+        type_ = tables[name].c.secret.type
+        # what SQLAlchemy's bind / result processors call for every value
+        pairs[name] = (
+            type_.process_bind_param,
+            type_.process_result_value,
+        )
+
+    for direction in ("encrypt", "decrypt"):
+        candidates = {}
+        for name, (enc, dec) in pairs.items():
+            sealed = [enc(v, dialect) for v in VALUES]
+            assert [dec(s, dialect) for s in sealed[:3]] == VALUES[:3]
+
+            async def run(enc=enc, dec=dec, sealed=sealed, direction=direction) -> int:
+                if direction == "encrypt":
+                    for v in VALUES:
+                        enc(v, dialect)
+                else:
+                    for s in sealed:
+                        dec(s, dialect)
+                return len(VALUES)
+
+            candidates[name] = run
+        await compare(
+            f"encrypted column: {direction} one value (30-char string)",
+            candidates,
+            baseline="raw AESGCM",
+            rounds=15,  # short runs on a shared machine: more rounds, steadier medians
+            goal="goal: dbkeel <= 1.5x raw AESGCM; libraries >= 3x dbkeel",
+        )
+
+
+async def bulk(tables: dict[str, Table], md: MetaData, db: DatabaseManager) -> None:
+    async with db.engine.begin() as conn:
+        await conn.run_sync(md.drop_all)
+        await conn.run_sync(md.create_all)
+    rows = [{"id": i, "secret": VALUES[i % len(VALUES)]} for i in range(ROWS)]
+    candidates = {}
+    for name, table in tables.items():
+
+        async def run(table: Table = table) -> int:
+            async with db.engine.begin() as conn:
+                await conn.execute(table.delete())
+                await conn.execute(insert(table), rows)
+            async with db.engine.connect() as conn:
+                got = (await conn.execute(select(table.c.secret))).scalars().all()
+            assert len(got) == ROWS
+            return ROWS
+
+        candidates[name] = run
+    await compare(
+        f"{ROWS:,} rows insert + select, one encrypted column, PostgreSQL",
+        candidates,
+        baseline="plain String",
+        rounds=3,
+        warmup=0,
+        goal="the encryption share of a real round trip",
+    )
+    async with db.engine.begin() as conn:
+        await conn.run_sync(md.drop_all)
+
+
+async def main() -> None:
+    key_id, key = generate_key("bench")
+    ring = KeyRing.parse(f"{key_id}:{key}")
+    md, tables = _types()
+    await per_value(tables, ring)
+    settings = DatabaseSettings(
+        database_url=PG_URL, environment="production", app_name="dbkeel-bench"
+    )
+
+    class Keys:
+        async def load_key_ring(self) -> KeyRing:
+            return ring
+
+    async with DatabaseManager(settings, key_provider=Keys()) as db:
+        await bulk(tables, md, db)

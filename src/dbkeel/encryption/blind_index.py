@@ -1,0 +1,185 @@
+"""Blind index: find rows by the exact value of an encrypted column without decrypting.
+
+A ``BlindIndex`` column next to an encrypted one holds HMAC-SHA256(index key,
+``table.source`` + normalized plaintext). It is filled on every ORM insert and update of the
+source attribute, and on Core inserts that give the source column; compare it with a
+plaintext and the plaintext is hashed the same way at execution::
+
+    class User(Base):
+        __tablename__ = "users"
+        email: Mapped[str] = mapped_column(EncryptedType(String(320)))
+        email_index: Mapped[bytes | None] = mapped_column(BlindIndex("email"), index=True)
+
+    await session.scalar(select(User).where(blind_match(User.email_index, "Ada@Example.com")))
+
+Leakage: equal (normalized) values have equal indexes, so whoever reads the table learns
+which rows share a value, and how often each value occurs. Nothing else about the value.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import Column, ColumnDefault, Table, event
+from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.orm import Mapper
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.types import LargeBinary, TypeDecorator, TypeEngine
+
+from dbkeel.encryption import registry
+from dbkeel.exceptions import ConfigurationError, EncryptedValueError
+
+__all__ = ["BlindIndex", "blind_match", "normalize_text"]
+
+INDEX_SIZE = 32
+
+
+def normalize_text(value: str) -> str:
+    """The default normalization: Unicode NFKC, surrounding blanks stripped, case folded."""
+    return unicodedata.normalize("NFKC", value).strip().casefold()
+
+
+class BlindIndex(TypeDecorator[bytes]):
+    """A 32-byte keyed hash of another column's normalized plaintext, for equality lookups.
+
+    *source* is the attribute (column) name of the encrypted column in the same table;
+    *normalize* maps a str to the form that is compared (default :func:`normalize_text`:
+    case- and width-insensitive). Binding a ``str`` stores its index; binding 32 bytes
+    stores them as they are (an index computed elsewhere). The key is the ring's blind-index
+    key (``DATABASE_BLIND_INDEX_KEY``), never an encryption key.
+
+    Example::
+
+        email_index: Mapped[bytes | None] = mapped_column(BlindIndex("email"), index=True)
+    """
+
+    impl = LargeBinary
+    cache_ok = True
+
+    def __init__(self, source: str, normalize: Callable[[str], str] = normalize_text) -> None:
+        super().__init__()
+        self.source = source
+        self.normalize = normalize
+        self._ident: bytes | None = None
+
+    def _set_parent(self, parent: Any, outer: bool = False, **kw: Any) -> None:
+        super()._set_parent(parent, outer=outer, **kw)
+        if isinstance(parent, Column):
+            parent._on_table_attach(self._attach)
+
+    def _attach(self, column: Column[Any], table: Table) -> None:
+        self._ident = f"{table.name}.{self.source}".encode()
+        registry.register(column, "blind_index")
+        if column.default is None:
+            # Core inserts that give the source column get their index too.
+            ColumnDefault(_default_from(self.source))._set_parent_with_dispatch(column)
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name in ("mysql", "mariadb"):
+            from sqlalchemy.dialects import mysql
+
+            return dialect.type_descriptor(mysql.VARBINARY(INDEX_SIZE))  # indexable, unlike BLOB
+        return dialect.type_descriptor(LargeBinary())
+
+    @property
+    def python_type(self) -> type[bytes]:
+        return bytes
+
+    def digest(self, value: str, dialect: Dialect) -> bytes:
+        """The index of *value* under the key ring attached to *dialect*'s engine."""
+        if self._ident is None:
+            raise ConfigurationError(
+                f"BlindIndex({self.source!r}) is not attached to a table column, so it does "
+                f"not know which column it indexes."
+            )
+        ring = registry.ring_for(dialect, self._ident.decode())
+        return ring.index(self.normalize(value).encode(), self._ident)
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> bytes | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            return self.digest(value, dialect)
+        if isinstance(value, bytes) and len(value) == INDEX_SIZE:
+            return value
+        raise EncryptedValueError(
+            f"Blind index of {self._ident.decode() if self._ident else self.source} takes "
+            f"the plaintext str (or a computed {INDEX_SIZE}-byte index), not a "
+            f"{type(value).__name__}.",
+        )
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> bytes | None:
+        return None if value is None else bytes(value)
+
+    def __repr__(self) -> str:
+        return f"BlindIndex({self.source!r})"
+
+
+def _default_from(source: str) -> Callable[[Any], Any]:
+    def index_default(context: Any) -> Any:
+        # Returns the plaintext: the column's type turns it into the index when binding.
+        return context.get_current_parameters().get(source)
+
+    return index_default
+
+
+def blind_match(index_column: Any, value: str) -> ColumnElement[bool]:
+    """``WHERE index_column = index(value)``: find rows whose source equals *value*.
+
+    Example::
+
+        stmt = select(User).where(blind_match(User.email_index, "ada@example.com"))
+    """
+    if not isinstance(getattr(index_column, "type", None), BlindIndex):
+        raise ConfigurationError(
+            f"blind_match() needs a BlindIndex column, got {index_column!r}: compare the "
+            f"index column that names the encrypted column as its source."
+        )
+    return index_column == value  # type: ignore[no-any-return]
+
+
+# -- keeping the index in sync on ORM flushes ---------------------------------------------
+
+
+def _index_columns(mapper: Mapper[Any]) -> list[tuple[str, str, BlindIndex]]:
+    """(index attribute, source attribute, type) for each BlindIndex column of *mapper*."""
+    found = []
+    for prop in mapper.column_attrs:
+        for col in prop.columns:
+            if isinstance(col.type, BlindIndex) and isinstance(col, Column):
+                source = mapper.get_property_by_column(col.table.c[col.type.source])
+                found.append((prop.key, source.key, col.type))
+    return found
+
+
+def _sync(mapper: Mapper[Any], connection: Connection, target: Any, *, update: bool) -> None:
+    from sqlalchemy import inspect
+
+    state = inspect(target)
+    for index_key, source_key, type_ in mapper.class_manager.info["dbkeel_blind_indexes"]:
+        if update and not state.attrs[source_key].history.has_changes():
+            continue
+        value = getattr(target, source_key)
+        digest = None if value is None else type_.digest(value, connection.dialect)
+        setattr(target, index_key, digest)
+
+
+def _before_insert(mapper: Mapper[Any], connection: Connection, target: Any) -> None:
+    _sync(mapper, connection, target, update=False)
+
+
+def _before_update(mapper: Mapper[Any], connection: Connection, target: Any) -> None:
+    _sync(mapper, connection, target, update=True)
+
+
+@event.listens_for(Mapper, "mapper_configured")
+def _on_mapper_configured(mapper: Mapper[Any], class_: type) -> None:
+    if mapper.local_table is None or not any(
+        isinstance(c.type, BlindIndex) for c in mapper.local_table.c
+    ):
+        return
+    mapper.class_manager.info["dbkeel_blind_indexes"] = _index_columns(mapper)
+    event.listen(mapper, "before_insert", _before_insert)
+    event.listen(mapper, "before_update", _before_update)

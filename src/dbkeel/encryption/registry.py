@@ -1,0 +1,120 @@
+"""Which columns are encrypted, and which key ring an engine uses.
+
+Encrypted and blind-index columns register themselves here when they are attached to a
+table, so :meth:`DatabaseManager.initialize` can refuse to start without a key ring, and
+``dbkeel keys rotate`` can find every encrypted column. The key ring is attached to the
+engine's dialect: it is what ``process_bind_param`` receives, so the standard SQLAlchemy
+bind path (and anything that calls it directly, such as a COPY writer) finds the keys.
+
+Example::
+
+    from dbkeel.encryption import KeyRing, use_key_ring
+
+    use_key_ring(engine, KeyRing.parse(keys, active="k2"))   # without a DatabaseManager
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from dbkeel.exceptions import ConfigurationError, KeyRingError
+
+if TYPE_CHECKING:
+    from sqlalchemy import Column
+    from sqlalchemy.engine import Dialect, Engine
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from dbkeel.encryption.keys import KeyProvider, KeyRing
+    from dbkeel.settings import DatabaseSettings
+
+__all__ = [
+    "RING_ATTRIBUTE",
+    "encrypted_columns",
+    "install_key_ring",
+    "register",
+    "ring_for",
+    "use_key_ring",
+]
+
+#: the dialect attribute that holds the engine's KeyRing
+RING_ATTRIBUTE = "_dbkeel_key_ring"
+
+# column -> "encrypted" | "blind_index"; weak, so dropped models do not linger
+_columns: weakref.WeakKeyDictionary[Column[Any], str] = weakref.WeakKeyDictionary()
+
+
+def register(column: Column[Any], kind: str) -> None:
+    """Record *column* (attached to its table) as needing keys of *kind*."""
+    _columns[column] = kind
+
+
+def encrypted_columns(kind: str = "encrypted") -> list[Column[Any]]:
+    """Every live column of *kind* (``"encrypted"`` or ``"blind_index"``), by table.column."""
+    found = [c for c, k in list(_columns.items()) if k == kind and c.table is not None]
+    return sorted(found, key=lambda c: (c.table.name, c.name))
+
+
+def _describe(columns: list[Column[Any]]) -> str:
+    names = [f"{c.table.name}.{c.name}" for c in columns]
+    more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+    return ", ".join(names[:5]) + more
+
+
+def use_key_ring(engine: AsyncEngine | Engine, ring: KeyRing) -> None:
+    """Attach *ring* to *engine*: its encrypted columns use these keys from now on."""
+    dialect = getattr(engine, "sync_engine", engine).dialect
+    setattr(dialect, RING_ATTRIBUTE, ring)
+
+
+def ring_for(dialect: Dialect, column: str) -> KeyRing:
+    """The ring attached to *dialect*; a clear error naming *column* when there is none."""
+    ring: KeyRing | None = getattr(dialect, RING_ATTRIBUTE, None)
+    if ring is None:
+        raise KeyRingError(
+            f"Encrypted column {column} was used on an engine without a key ring. Set "
+            f"DATABASE_ENCRYPTION_KEYS (see `dbkeel keys generate`) and use DatabaseManager, "
+            f"or call dbkeel.encryption.use_key_ring(engine, ring) on your own engine."
+        )
+    return ring
+
+
+async def load_key_ring(settings: DatabaseSettings, provider: KeyProvider | None) -> KeyRing | None:
+    """The ring from *provider* if given, else from settings; checked against the columns.
+
+    Raises :class:`ConfigurationError` when encrypted columns exist but no keys are
+    configured, or blind-index columns exist but no blind-index key is.
+    """
+    from dbkeel.encryption.keys import KeyRing
+
+    if provider is not None:
+        ring: KeyRing | None = await provider.load_key_ring()
+        if not isinstance(ring, KeyRing):
+            raise ConfigurationError(
+                f"key_provider {type(provider).__name__}.load_key_ring() returned "
+                f"{type(ring).__name__}, not a dbkeel.encryption.KeyRing."
+            )
+    else:
+        ring = KeyRing.from_settings(settings)
+    encrypted = encrypted_columns("encrypted")
+    if ring is None and encrypted:
+        raise ConfigurationError(
+            f"The models define encrypted columns ({_describe(encrypted)}) but no key ring "
+            f"is configured, so they could be neither written nor read. Set "
+            f"DATABASE_ENCRYPTION_KEYS to ID:BASE64KEY entries (make one with `dbkeel keys "
+            f"generate`), or pass key_provider= to DatabaseManager."
+        )
+    indexed = encrypted_columns("blind_index")
+    if indexed and (ring is None or not ring.has_index_key):
+        raise ConfigurationError(
+            f"The models define blind-index columns ({_describe(indexed)}) but no "
+            f"blind-index key is configured. Set DATABASE_BLIND_INDEX_KEY to a key of its "
+            f"own (make one with `dbkeel keys generate`)."
+        )
+    return ring
+
+
+def install_key_ring(engine: AsyncEngine, ring: KeyRing | None) -> None:
+    """Attach *ring* (if any) to the manager's engine."""
+    if ring is not None:
+        use_key_ring(engine, ring)

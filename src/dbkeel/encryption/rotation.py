@@ -1,0 +1,252 @@
+"""Key rotation: re-encrypt every value still under an old key with the active key.
+
+Rows are read in primary-key order, a batch per transaction, and each row is written back
+with a compare-and-swap (``UPDATE ... WHERE pk = :pk AND value = :old``): a row the
+application changed meanwhile is left alone (its new value is already under the active
+key), so no update is lost. Only rows whose envelope header names another key are read,
+so a second run resumes where an interrupted one stopped. Passes repeat while rows under
+old keys remain and the last pass made progress (an old-key writer still running)::
+
+    from dbkeel.encryption import rotate_keys
+
+    report = await rotate_keys(db)                   # every encrypted column
+    report = await rotate_keys(db, columns=["users.email"], dry_run=True)
+    report.columns[0].after                          # {"k2": 10412}
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import LargeBinary, bindparam, column, func, literal, select, table, update
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine as AsyncEngineType
+
+from dbkeel._translate import mysql_errno, sqlstate
+from dbkeel.encryption import registry
+from dbkeel.exceptions import ConfigurationError, RetryableError
+
+if TYPE_CHECKING:
+    from sqlalchemy import Column
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+    from dbkeel.encryption.keys import KeyRing
+    from dbkeel.manager import DatabaseManager
+
+__all__ = ["ColumnRotation", "RotationReport", "rotate_keys"]
+
+#: called after each batch with (table.column, rows done, rows to do)
+Progress = Callable[[str, int, int], None]
+_MAX_PASSES = 5
+_MAX_BATCH_RETRIES = 5
+_RETRYABLE_SQLSTATES = {"40001", "40P01"}
+_RETRYABLE_MYSQL = {1205, 1213}
+
+
+@dataclass
+class ColumnRotation:
+    """The outcome for one column: rows per key id before and after, and rows rewritten."""
+
+    name: str
+    before: dict[str, int]
+    after: dict[str, int] = field(default_factory=dict)
+    rewritten: int = 0
+
+
+@dataclass
+class RotationReport:
+    """What :func:`rotate_keys` found and did, column by column."""
+
+    active_key_id: str
+    dry_run: bool
+    columns: list[ColumnRotation]
+
+    @property
+    def remaining(self) -> int:
+        """Rows left under old (or unknown) keys across all columns."""
+        return sum(
+            _old_rows(c.after if not self.dry_run else c.before, self.active_key_id)
+            for c in self.columns
+        )
+
+
+def _old_rows(counts: dict[str, int], active: str) -> int:
+    return sum(n for k, n in counts.items() if k != active)
+
+
+async def rotate_keys(
+    db: DatabaseManager | AsyncEngine,
+    *,
+    columns: Sequence[str] | None = None,
+    batch_size: int = 500,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+) -> RotationReport:
+    """Re-encrypt old-key values of every encrypted column (or the ``table.column`` /
+    ``table`` names given) with the active key; return rows per key id before and after.
+
+    With ``dry_run=True`` only the counts are taken. Safe beside the application's own
+    writes; each batch is its own transaction, retried on deadlock or serialization
+    failure. Example::
+
+        report = await rotate_keys(db, batch_size=1000)
+        assert report.remaining == 0
+    """
+    if batch_size < 1:
+        raise ConfigurationError(f"batch_size={batch_size} is invalid: it must be >= 1.")
+    engine = db if isinstance(db, AsyncEngineType) else db.engine
+    targets = _select_columns(columns)
+    ring = registry.ring_for(engine.sync_engine.dialect, "key rotation")
+    report = RotationReport(ring.active_key_id, dry_run, [])
+    for col in targets:
+        raw = _RawColumn(col, ring)
+        result = ColumnRotation(raw.name, before=await raw.count(engine))
+        report.columns.append(result)
+        if dry_run:
+            continue
+        todo = _old_rows(result.before, ring.active_key_id)
+        for _ in range(_MAX_PASSES):
+            if todo == 0:
+                break
+            done = await raw.rotate_pass(engine, batch_size, result, todo, progress)
+            left = _old_rows(await raw.count(engine), ring.active_key_id)
+            if done == 0 or left == 0:
+                break
+            todo = left
+        result.after = await raw.count(engine)
+    return report
+
+
+def _select_columns(names: Sequence[str] | None) -> list[Column[Any]]:
+    known = registry.encrypted_columns("encrypted")
+    if names is None:
+        return known
+    chosen: list[Column[Any]] = []
+    for name in names:
+        hits = [c for c in known if name in (c.table.name, f"{c.table.name}.{c.name}")]
+        if not hits:
+            listed = ", ".join(f"{c.table.name}.{c.name}" for c in known) or "none"
+            raise ConfigurationError(
+                f"{name!r} names no encrypted column of the loaded models (known: {listed}). "
+                f"Give table.column or a table name, and import the models first."
+            )
+        chosen.extend(c for c in hits if c not in chosen)
+    return chosen
+
+
+class _RawColumn:
+    """The column seen as raw envelope bytes, with its table's single-column primary key."""
+
+    def __init__(self, col: Column[Any], ring: KeyRing) -> None:
+        tbl = col.table
+        self.name = f"{tbl.name}.{col.name}"
+        pks = list(tbl.primary_key.columns)
+        if len(pks) != 1:
+            raise ConfigurationError(
+                f"Cannot rotate {self.name}: rotation walks a table by its primary key, and "
+                f"{tbl.name} has {len(pks)} primary-key columns (one is needed)."
+            )
+        self.ring = ring
+        self.ident: bytes = col.type._ident  # type: ignore[attr-defined]
+        self.view = table(
+            tbl.name,
+            column(pks[0].name, pks[0].type),
+            column(col.name, LargeBinary),
+            schema=tbl.schema,
+        )
+        self.pk = self.view.c[pks[0].name]
+        self.value = self.view.c[col.name]
+        active = ring.header_of(ring.active_key_id)
+        self.not_active = func.substr(self.value, 1, len(active)) != literal(active, LargeBinary)
+        self.lock = update(self.view).where(self.pk.is_(None)).values({col.name: self.value})
+        self.cas = (
+            update(self.view)
+            .where(self.pk == bindparam("_pk"), self.value == bindparam("_old", type_=LargeBinary))
+            .values({col.name: bindparam("_new", type_=LargeBinary)})
+        )
+
+    async def count(self, engine: AsyncEngine) -> dict[str, int]:
+        """Rows per key id ("unknown" for ids not on the ring); NULLs are not counted."""
+        counts: dict[str, int] = {}
+        async with engine.connect() as conn:
+            total = await conn.scalar(
+                select(func.count()).select_from(self.view).where(self.value.is_not(None))
+            )
+            for key_id in self.ring.key_ids:
+                head = self.ring.header_of(key_id)
+                n = await conn.scalar(
+                    select(func.count())
+                    .select_from(self.view)
+                    .where(func.substr(self.value, 1, len(head)) == literal(head, LargeBinary))
+                )
+                if n:
+                    counts[key_id] = int(n)
+        unknown = int(total or 0) - sum(counts.values())
+        if unknown:
+            counts["unknown"] = unknown
+        return counts
+
+    async def rotate_pass(
+        self,
+        engine: AsyncEngine,
+        batch_size: int,
+        result: ColumnRotation,
+        todo: int,
+        progress: Progress | None,
+    ) -> int:
+        done = 0
+        last: Any = None
+        while True:
+            rows = await self._with_retries(engine, self._batch, last, batch_size)
+            if not rows:
+                return done
+            last = rows[-1][0]
+            done += len(rows)
+            result.rewritten += len(rows)
+            if progress is not None:
+                progress(self.name, min(done, todo), todo)
+
+    async def _batch(self, conn: AsyncConnection, last: Any, batch_size: int) -> list[Any]:
+        if conn.dialect.name == "sqlite":
+            # Take the write lock before reading: a WAL read snapshot cannot be upgraded to
+            # a write once another connection has committed (SQLITE_BUSY_SNAPSHOT, no wait).
+            await conn.execute(self.lock)
+        query = select(self.pk, self.value).where(self.value.is_not(None), self.not_active)
+        if last is not None:
+            query = query.where(self.pk > last)
+        rows = (await conn.execute(query.order_by(self.pk).limit(batch_size))).all()
+        if rows:
+            ring, ident = self.ring, self.ident
+            params = []
+            for pk, blob in rows:
+                old = bytes(blob)
+                params.append(
+                    {"_pk": pk, "_old": old, "_new": ring.seal(ring.open(old, ident), ident)}
+                )
+            await conn.execute(self.cas, params)
+        return list(rows)
+
+    async def _with_retries(
+        self, engine: AsyncEngine, work: Callable[..., Awaitable[Any]], *args: Any
+    ) -> Any:
+        for attempt in range(1, _MAX_BATCH_RETRIES + 1):
+            try:
+                async with engine.begin() as conn:
+                    return await work(conn, *args)
+            except DBAPIError as exc:
+                retryable = (
+                    sqlstate(exc) in _RETRYABLE_SQLSTATES or mysql_errno(exc) in _RETRYABLE_MYSQL
+                )
+                if not retryable:
+                    raise
+                if attempt == _MAX_BATCH_RETRIES:
+                    raise RetryableError(
+                        f"Rotating {self.name}: a batch hit {_MAX_BATCH_RETRIES} deadlocks or "
+                        f"serialization failures in a row. Run it again (it resumes), with a "
+                        f"smaller --batch-size or at a quieter time."
+                    ) from exc
+                await asyncio.sleep(0.05 * attempt)
+        raise AssertionError("unreachable")
