@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import (
+    JSON,
     Enum,
     ForeignKey,
     Integer,
@@ -39,8 +40,10 @@ from dbkeel import (
     bulk_upsert,
 )
 from dbkeel.mixins import SoftDeleteMixin, TimestampMixin, VersionMixin
-from dbkeel.types import JSONBType, StringArray, UTCDateTime, UUIDType, uuid7
+from dbkeel.types import EncryptedType, JSONBType, StringArray, UTCDateTime, UUIDType, uuid7
 from tests.conftest import CreateTables
+from tests.encryption_support import forget_test_columns as forget_test_columns  # autouse
+from tests.encryption_support import key_settings
 
 T0 = dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC)
 
@@ -481,3 +484,43 @@ async def test_upsert_gives_python_onupdate_columns_a_new_value(tables: Database
     assert [r.text for r in rows] == ["b", "c"]
     assert rows[0].created_at == before.created_at
     assert rows[0].updated_at > before.updated_at
+
+
+async def test_copy_encrypts_like_session_add(pg_url: str, create_tables: CreateTables) -> None:
+    # Defined here: encrypted columns register process-wide (forget_test_columns cleans up).
+    class EncBase(DeclarativeBase):
+        metadata = MetaData()
+
+    class Card(EncBase):
+        __tablename__ = "bulk_cards"
+
+        id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+        number: Mapped[str] = mapped_column(EncryptedType(String(40)))
+        extra: Mapped[dict[str, Any] | None] = mapped_column(EncryptedType(JSON), default=None)
+
+    async with DatabaseManager(key_settings(pg_url)) as db:
+        await create_tables(db, EncBase.metadata)
+        async with db.get_session() as session:
+            session.add(Card(id=1, number="4111-1111", extra={"exp": "12/30"}))
+            await bulk_insert(
+                session,
+                Card,
+                [{"id": 2, "number": "4111-1111", "extra": {"exp": "12/30"}}],
+                method="copy",
+            )
+            await bulk_insert(
+                session,
+                Card,
+                [{"id": 3, "number": "4111-1111", "extra": {"exp": "12/30"}}],
+                method="insert",
+            )
+        async with db.get_session() as session:
+            cards = list(await session.scalars(select(Card).order_by(Card.id)))
+            stored = list(await session.scalars(text("SELECT number FROM bulk_cards")))
+        assert [(c.number, c.extra) for c in cards] == [("4111-1111", {"exp": "12/30"})] * 3
+        assert all(b"4111" not in bytes(s) for s in stored)
+        assert len({bytes(s) for s in stored}) == 3  # a fresh nonce per value
+        async with db.get_session() as session:
+            with pytest.raises(BulkRowError) as caught:
+                await bulk_insert(session, Card, [{"id": 4, "number": 4111111}], method="copy")
+        assert "4111111" not in str(caught.value)
