@@ -17,7 +17,7 @@ def run_cli(
 ) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("DATABASE_")}
     base.pop("ENVIRONMENT", None)
-    base.update({"COLUMNS": "200", "NO_COLOR": "1"})
+    base.update({"COLUMNS": "200", "NO_COLOR": "1", "DBKEEL_DEMO_BULK_ROWS": "3000"})
     base.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "dbkeel", *args],
@@ -80,6 +80,7 @@ def test_demo_runs_on_embedded_sqlite_with_no_configuration(tmp_path: Path) -> N
     assert result.returncode == 0, result.stdout + result.stderr
     assert "embedded SQLite" in result.stdout
     assert "demo finished" in result.stdout
+    assert "bulk_insert wrote 3,000 rows" in result.stdout
     assert (tmp_path / "dbkeel.sqlite3").exists()
     # and twice in a row on the same file
     assert run_cli("demo", cwd=tmp_path).returncode == 0
@@ -91,3 +92,4 @@ def test_demo_runs_against_a_server(backend: str, test_databases: object, tmp_pa
     result = run_cli("demo", env={"DATABASE_URL": url}, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "demo finished" in result.stdout
+    assert "bulk_insert wrote 3,000 rows" in result.stdout

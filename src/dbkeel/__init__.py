@@ -9,6 +9,10 @@ Example::
             ...
 """
 
+from dbkeel.bulk import bulk_insert as bulk_insert
+from dbkeel.bulk import bulk_upsert as bulk_upsert
+from dbkeel.exceptions import BulkLoadInterruptedError as BulkLoadInterruptedError
+from dbkeel.exceptions import BulkRowError as BulkRowError
 from dbkeel.exceptions import CommitOutcomeUnknownError as CommitOutcomeUnknownError
 from dbkeel.exceptions import ConcurrentUpdateError as ConcurrentUpdateError
 from dbkeel.exceptions import ConfigurationError as ConfigurationError
@@ -46,6 +50,8 @@ db_manager = DatabaseManager()
 
 __all__ = [
     "ArrayType",
+    "BulkLoadInterruptedError",
+    "BulkRowError",
     "CommitOutcomeUnknownError",
     "ConcurrentUpdateError",
     "ConfigurationError",
@@ -70,6 +76,8 @@ __all__ = [
     "UTCDateTime",
     "UUIDType",
     "VersionMixin",
+    "bulk_insert",
+    "bulk_upsert",
     "db_manager",
     "purge_deleted",
     "soft_delete_unique",

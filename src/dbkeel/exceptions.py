@@ -9,6 +9,7 @@ errors (something that happened at run time)::
     ├── ManagerStateError           DatabaseManager used before initialize() or after close()
     │   └── KeyRingError            encrypted column used without (the right) keys
     ├── InvalidValueError           a column type refused a Python value     (also ValueError)
+    │   ├── BulkRowError            a bulk_insert/bulk_upsert row is unusable (row index, column)
     │   └── EncryptedValueError     an encrypted column refused a value (value never shown)
     ├── DecryptionError             a stored ciphertext cannot be opened
     └── DatabaseError               something went wrong talking to the database
@@ -16,6 +17,7 @@ errors (something that happened at run time)::
         ├── PoolExhaustedError        no free connection in time (also sqlalchemy TimeoutError)
         ├── ConcurrentUpdateError     optimistic-locking conflict (stale version)
         ├── RetryableError            serialization failure / deadlock / lock wait timeout
+        ├── BulkLoadInterruptedError  a commit_every load failed part-way (rows_committed)
         └── CommitOutcomeUnknownError the connection dropped during COMMIT
 
 Every message says what happened, why, and what to do, and shows the offending value -
@@ -29,6 +31,8 @@ from typing import Any
 import sqlalchemy.exc
 
 __all__ = [
+    "BulkLoadInterruptedError",
+    "BulkRowError",
     "CommitOutcomeUnknownError",
     "ConcurrentUpdateError",
     "ConfigurationError",
@@ -81,6 +85,21 @@ class InvalidValueError(DbkeelError, ValueError):
         self.column = column
         self.value = value
         super().__init__(message)
+
+
+class BulkRowError(InvalidValueError):
+    """A row given to ``bulk_insert`` / ``bulk_upsert`` cannot be written as it is.
+
+    ``row_index`` is the row's position in the input (0-based, counted across batches) and
+    ``column`` the attribute at fault (None when the row as a whole is wrong). The value is
+    shown in the message unless the column is encrypted or marked sensitive.
+    """
+
+    def __init__(
+        self, message: str, *, row_index: int, column: str | None = None, value: Any = None
+    ) -> None:
+        self.row_index = row_index
+        super().__init__(message, column=column, value=value)
 
 
 class DecryptionError(DbkeelError, sqlalchemy.exc.DontWrapMixin):
@@ -159,6 +178,19 @@ class RetryableError(DatabaseError):
     Serialization failures (SQLSTATE 40001), deadlocks (40P01, MariaDB 1213) and lock wait
     timeouts (MariaDB 1205). The driver error is kept as ``__cause__``.
     """
+
+
+class BulkLoadInterruptedError(DatabaseError):
+    """A ``bulk_insert(..., commit_every=N)`` load stopped part-way.
+
+    ``rows_committed`` rows (the first ones of the input) are committed; the chunk in
+    flight was rolled back. Resume by passing the input from that position on, e.g.
+    ``itertools.islice(rows, exc.rows_committed, None)``. The cause is ``__cause__``.
+    """
+
+    def __init__(self, message: str, *, rows_committed: int) -> None:
+        self.rows_committed = rows_committed
+        super().__init__(message)
 
 
 class CommitOutcomeUnknownError(DatabaseError):

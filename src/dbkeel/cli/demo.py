@@ -6,19 +6,28 @@ it runs the same steps on PostgreSQL or MariaDB. Each step prints what it did.
 
 from __future__ import annotations
 
+import datetime as dt
+import os
+import time
+import uuid
+from collections.abc import Iterator
 from decimal import Decimal
+from typing import Any
 
 from rich.panel import Panel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
-from sqlalchemy import ForeignKey, Numeric, String, func, select, text
+from sqlalchemy import JSON, ForeignKey, Numeric, String, Uuid, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from dbkeel.bulk import bulk_insert
 from dbkeel.cli._console import console, print_error
 from dbkeel.exceptions import DbkeelError
 from dbkeel.manager import DatabaseManager
 from dbkeel.mixins import SoftDeleteMixin, TimestampMixin, VersionMixin
 from dbkeel.settings import DatabaseSettings
+from dbkeel.types import UTCDateTime
 
 
 class DemoBase(DeclarativeBase):
@@ -50,6 +59,20 @@ class Product(TimestampMixin, SoftDeleteMixin, VersionMixin, DemoBase):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(100))
     stock: Mapped[int] = mapped_column(default=0)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class PageView(DemoBase):
+    __tablename__ = "demo_page_views"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    path: Mapped[str] = mapped_column(String(200))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON)
+    seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=_now)
 
 
 class _DemoAbort(Exception):
@@ -101,7 +124,7 @@ async def _demo_steps(db: DatabaseManager, settings: DatabaseSettings) -> None:
     async with db.engine.begin() as conn:
         await conn.run_sync(DemoBase.metadata.drop_all)
         await conn.run_sync(DemoBase.metadata.create_all)
-    console.print("created demo_customers, demo_orders, demo_products")
+    console.print("created demo_customers, demo_orders, demo_products, demo_page_views")
 
     _step("write in one transaction (get_session commits on success)")
     async with db.get_session() as session:
@@ -142,6 +165,7 @@ async def _demo_steps(db: DatabaseManager, settings: DatabaseSettings) -> None:
     console.print(f"customers after the rollback: {count} (Charles was never committed)")
 
     await _demo_mixins(db)
+    await _bulk_step(db)
     await _demo_encryption(db)
     await _demo_monitoring(db)
     await _doctor_step(settings)  # last: it audits everything the demo set up
@@ -295,3 +319,40 @@ async def _demo_encryption(db: DatabaseManager) -> None:
     # Encrypted columns register process-wide; this model was only for the demo, so the
     # doctor's own manager (last step) must not ask for the demo's made-up keys.
     forget_table(SecretBase.metadata.tables["demo_patients"])
+
+
+def _page_views(count: int) -> Iterator[dict[str, Any]]:
+    start = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    for i in range(count):
+        yield {
+            "path": f"/products/{i % 997}",
+            "detail": {"visitor": i % 5003, "ms": i % 250},
+            "seen_at": start + dt.timedelta(seconds=i),
+        }
+
+
+async def _bulk_step(db: DatabaseManager) -> None:
+    # DBKEEL_DEMO_BULK_ROWS lets the test suite run a short version of this step.
+    count = int(os.environ.get("DBKEEL_DEMO_BULK_ROWS", "200000"))
+    _step(f"bulk load: {count:,} rows streamed through bulk_insert()")
+    method = "COPY" if db.engine.dialect.driver == "asyncpg" else "batched INSERT"
+    columns = (
+        TextColumn("[cyan]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    )
+    started = time.perf_counter()
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task(f"{method} demo_page_views", total=count)
+
+        def advance(done: int, _total: int | None) -> None:
+            progress.update(task, completed=done)
+
+        async with db.get_session() as session:
+            written = await bulk_insert(session, PageView, _page_views(count), on_progress=advance)
+    seconds = time.perf_counter() - started
+    console.print(
+        f"bulk_insert wrote {written:,} rows with {method} in {seconds:.1f} s "
+        f"({written / seconds:,.0f} rows/s), generated from a stream in bounded memory"
+    )

@@ -1,0 +1,526 @@
+"""bulk_insert / bulk_upsert on the real databases (issue 7)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import enum
+import itertools
+import uuid
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from sqlalchemy import (
+    JSON,
+    Enum,
+    ForeignKey,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Text,
+    Uuid,
+    event,
+    func,
+    select,
+    text,
+)
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.orm import DeclarativeBase, Mapped, MappedAsDataclass, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+from dbkeel import (
+    BulkLoadInterruptedError,
+    BulkRowError,
+    ConfigurationError,
+    DatabaseManager,
+    bulk_insert,
+    bulk_upsert,
+)
+from dbkeel.mixins import SoftDeleteMixin, TimestampMixin, VersionMixin
+from dbkeel.types import EncryptedType, JSONBType, StringArray, UTCDateTime, UUIDType, uuid7
+from tests.conftest import CreateTables
+from tests.encryption_support import forget_test_columns as forget_test_columns  # autouse
+from tests.encryption_support import key_settings
+
+T0 = dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC)
+
+
+class Mood(enum.Enum):
+    happy = "happy"
+    grumpy = "grumpy"
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Base(MappedAsDataclass, DeclarativeBase):
+    metadata = MetaData()
+
+
+class Thing(TimestampMixin, SoftDeleteMixin, VersionMixin, Base):
+    """Portable: every dbkeel type, all three mixins, default_factory, enum, numeric."""
+
+    __tablename__ = "bulk_things"
+
+    name: Mapped[str] = mapped_column(String(100))
+    id: Mapped[uuid.UUID] = mapped_column(UUIDType, primary_key=True, default_factory=uuid7)
+    payload: Mapped[dict[str, Any] | None] = mapped_column(JSONBType, default=None)
+    tags: Mapped[list[str]] = mapped_column(StringArray(20), default_factory=list)
+    mood: Mapped[Mood] = mapped_column(Enum(Mood), default=Mood.happy)
+    price: Mapped[Decimal] = mapped_column(Numeric(10, 2), default=Decimal("0.00"))
+    note: Mapped[str | None] = mapped_column(Text, default=None)
+    seen_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
+
+
+class Note(Base):
+    """Python-side timestamps: an insert_default and an onupdate callable."""
+
+    __tablename__ = "bulk_notes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    text: Mapped[str] = mapped_column(String(50))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, init=False, insert_default=_now)
+    updated_at: Mapped[dt.datetime] = mapped_column(
+        UTCDateTime, init=False, insert_default=_now, onupdate=_now
+    )
+
+
+class Shouting(TypeDecorator[str]):
+    """Refuses anything but text, quoting the value in its own message."""
+
+    impl = String(50)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> Any:
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"not text: {value!r}")
+        return value.upper() if value is not None else None
+
+
+class StandInEncryptedType(Shouting):
+    """Named like dbkeel's EncryptedType: its values are never shown."""
+
+    cache_ok = True
+
+
+class Child(Base):
+    """An autoincrement key and a server default, both left to the database."""
+
+    __tablename__ = "bulk_children"
+
+    thing_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("bulk_things.id"))
+    label: Mapped[str] = mapped_column(String(50))
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, init=False)
+    status: Mapped[str] = mapped_column(String(20), server_default="new", init=False)
+    slug: Mapped[str] = mapped_column(
+        String(60),
+        init=False,
+        insert_default=lambda ctx: ctx.get_current_parameters()["label"] + "!",
+    )
+    pin: Mapped[str | None] = mapped_column(StandInEncryptedType, default=None)
+    secret: Mapped[str | None] = mapped_column(Shouting, default=None, info={"sensitive": True})
+
+
+class PgBase(MappedAsDataclass, DeclarativeBase):
+    metadata = MetaData()
+
+
+class PgRich(PgBase):
+    """PostgreSQL-only types: ARRAY, JSONB, and a SQL-expression insert default."""
+
+    __tablename__ = "bulk_pg_rich"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default_factory=uuid.uuid4)
+    tags: Mapped[list[str]] = mapped_column(postgresql.ARRAY(String(20)), default_factory=list)
+    doc: Mapped[dict[str, Any]] = mapped_column(postgresql.JSONB, default_factory=dict)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime, init=False, insert_default=func.now())
+
+
+ROWS: list[dict[str, Any]] = [
+    {"name": "plain"},
+    {
+        "name": "full",
+        "payload": {"a": [1, 2, {"b": None}], "ü": "ß"},
+        "tags": ["x", "y"],
+        "mood": Mood.grumpy,
+        "price": Decimal("12.34"),
+        "note": "x" * 300,
+        "seen_at": T0.astimezone(dt.timezone(dt.timedelta(hours=9))),
+    },
+    {"name": "explicit nulls", "payload": None, "note": None, "seen_at": None},
+]
+
+COMPARED = ("name", "payload", "tags", "mood", "price", "note", "seen_at", "version", "deleted_at")
+
+
+@pytest.fixture
+async def tables(db: DatabaseManager, create_tables: CreateTables) -> DatabaseManager:
+    await create_tables(db, Base.metadata)
+    return db
+
+
+def _snapshot(things: list[Thing]) -> list[tuple[Any, ...]]:
+    return sorted(
+        (tuple(getattr(t, c) for c in COMPARED) for t in things),
+        key=lambda r: (r[0], str(r)),
+    )
+
+
+async def _all(db: DatabaseManager) -> list[Thing]:
+    async with db.get_session() as session:
+        return list(await session.scalars(select(Thing)))
+
+
+async def _count(db: DatabaseManager, model: type[Any] = Thing) -> int:
+    async with db.get_session() as session:
+        return int(await session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+@pytest.fixture
+async def pg_tables(pg_db: DatabaseManager, create_tables: CreateTables) -> DatabaseManager:
+    await create_tables(pg_db, Base.metadata)
+    await create_tables(pg_db, PgBase.metadata)
+    return pg_db
+
+
+def _statements(db: DatabaseManager) -> list[str]:
+    seen: list[str] = []
+
+    @event.listens_for(db.engine.sync_engine, "before_cursor_execute")
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement)
+
+    return seen
+
+
+async def test_copy_insert_and_session_add_read_back_identically(
+    pg_tables: DatabaseManager,
+) -> None:
+    db = pg_tables
+    async with db.get_session() as session:
+        session.add_all([Thing(**row) for row in ROWS])
+    added = _snapshot(await _all(db))
+    for method in ("copy", "insert"):
+        async with db.get_session() as session:
+            await session.execute(text("DELETE FROM bulk_things"))
+            assert await bulk_insert(session, Thing, ROWS, method=method) == len(ROWS)
+        things = await _all(db)
+        assert _snapshot(things) == added, method
+        for thing in things:
+            assert isinstance(thing.id, uuid.UUID)
+            assert thing.created_at.tzinfo is dt.UTC
+            assert thing.created_at == thing.updated_at or thing.updated_at > thing.created_at
+
+
+async def test_insert_path_reads_back_like_session_add(tables: DatabaseManager) -> None:
+    db = tables
+    async with db.get_session() as session:
+        session.add_all([Thing(**row) for row in ROWS])
+    added = _snapshot(await _all(db))
+    async with db.get_session() as session:
+        await session.execute(text("DELETE FROM bulk_things"))
+        assert await bulk_insert(session, Thing, ROWS) == len(ROWS)
+    assert _snapshot(await _all(db)) == added
+
+
+async def test_auto_uses_copy_on_postgresql_and_insert_elsewhere(
+    tables: DatabaseManager, backend: str
+) -> None:
+    statements = _statements(tables)
+    async with tables.get_session() as session:
+        await bulk_insert(session, Thing, ROWS)
+    inserts = [s for s in statements if s.lstrip().upper().startswith("INSERT")]
+    assert bool(inserts) == (backend != "postgresql")
+    assert await _count(tables) == len(ROWS)
+
+
+async def test_copy_leaves_server_defaults_and_autoincrement_to_the_database(
+    pg_tables: DatabaseManager,
+) -> None:
+    async with pg_tables.get_session() as session:
+        thing = Thing(name="parent")
+        session.add(thing)
+        await bulk_insert(
+            session,
+            Child,
+            [{"thing_id": thing.id, "label": f"c{i}"} for i in range(5)],
+            method="copy",
+        )
+    async with pg_tables.get_session() as session:
+        children = list(await session.scalars(select(Child).order_by(Child.id)))
+    assert [c.id for c in children] == [1, 2, 3, 4, 5]
+    assert {c.status for c in children} == {"new"}
+    assert [c.slug for c in children] == [f"c{i}!" for i in range(5)]  # context-aware default
+
+
+async def test_copy_evaluates_a_now_insert_default_in_the_transaction(
+    pg_tables: DatabaseManager,
+) -> None:
+    async with pg_tables.get_session() as session:
+        started = await session.scalar(select(func.now()))
+        await bulk_insert(session, PgRich, [{"tags": ["a", "b"], "doc": {"k": 1}}, {}])
+    async with pg_tables.get_session() as session:
+        rows = list(await session.scalars(select(PgRich)))
+    assert sorted(r.tags for r in rows) == [[], ["a", "b"]]
+    assert sorted(str(r.doc) for r in rows) == ["{'k': 1}", "{}"]
+    assert {r.at for r in rows} == {started}
+
+
+async def test_async_iterable_is_streamed_in_batches_with_progress(
+    tables: DatabaseManager,
+) -> None:
+    async def generate() -> AsyncIterator[dict[str, Any]]:
+        for i in range(25):
+            yield {"name": f"n{i}", "price": Decimal(i)}
+
+    progress: list[tuple[int, int | None]] = []
+    async with tables.get_session() as session:
+        count = await bulk_insert(
+            session, Thing, generate(), batch_size=10, on_progress=lambda *a: progress.append(a)
+        )
+    assert count == 25
+    assert progress == [(10, None), (20, None), (25, None)]
+    assert await _count(tables) == 25
+
+
+async def test_list_input_reports_its_total(tables: DatabaseManager) -> None:
+    progress: list[tuple[int, int | None]] = []
+    async with tables.get_session() as session:
+        await bulk_insert(
+            session,
+            Thing,
+            [{"name": "a"}] * 3,
+            batch_size=2,
+            on_progress=lambda *a: progress.append(a),
+        )
+    assert progress == [(2, 3), (3, 3)]
+
+
+async def test_database_error_mid_way_leaves_nothing_of_the_call(
+    tables: DatabaseManager,
+) -> None:
+    # The duplicate key is in the third batch: two batches are already in the table.
+    taken = uuid.uuid4()
+    rows = [{"name": f"n{i}"} for i in range(30)]
+    rows[25]["id"] = taken
+    async with tables.get_session() as session:
+        session.add(Thing(name="before", id=taken))
+        await session.flush()
+        with pytest.raises(Exception, match=r"(?i)duplicate|unique"):
+            await bulk_insert(session, Thing, rows, batch_size=10)
+        # the caller's own work survives, and the session is usable
+        session.add(Thing(name="after"))
+    assert sorted(t.name for t in await _all(tables)) == ["after", "before"]
+
+
+@pytest.mark.parametrize(
+    ("row", "column", "shown"),
+    [
+        ({"name": "x", "nmae": "typo"}, "nmae", "Did you mean 'name'?"),
+        ({"price": Decimal(1)}, "name", "NOT NULL and has no default"),
+        ({"name": None}, "name", "sets 'name' to None"),
+        ({"name": "x", "seen_at": dt.datetime(2026, 1, 1)}, "seen_at", "naive datetime"),
+    ],
+)
+async def test_bad_row_is_named_before_anything_is_sent(
+    tables: DatabaseManager, row: dict[str, Any], column: str, shown: str
+) -> None:
+    rows = [{"name": f"ok{i}"} for i in range(7)]
+    rows.insert(5, row)
+    statements = _statements(tables)
+    async with tables.get_session() as session:
+        with pytest.raises(BulkRowError, match=r"^row 5 of the Thing") as caught:
+            await bulk_insert(session, Thing, rows)
+    assert caught.value.row_index == 5
+    assert caught.value.column == column
+    assert shown in str(caught.value)
+    assert not [s for s in statements if "bulk_things" in s]
+
+
+@pytest.mark.parametrize("column", ["secret", "pin"])
+async def test_sensitive_values_are_not_shown_in_errors(
+    tables: DatabaseManager, column: str
+) -> None:
+    async with tables.get_session() as session:
+        parent = Thing(name="p")
+        session.add(parent)
+        with pytest.raises(BulkRowError) as caught:
+            await bulk_insert(
+                session, Child, [{"thing_id": parent.id, "label": "x", column: 12345678}]
+            )
+    assert caught.value.column == column
+    assert caught.value.value is None
+    assert "12345678" not in str(caught.value)
+    assert "hidden" in str(caught.value)
+
+
+async def test_return_keys_gives_primary_keys_in_input_order(tables: DatabaseManager) -> None:
+    async with tables.get_session() as session:
+        parent = Thing(name="p")
+        session.add(parent)
+        rows = [{"thing_id": parent.id, "label": f"c{i}"} for i in range(12)]
+        keys = await bulk_insert(session, Child, rows, batch_size=5, return_keys=True)
+        labels = dict((await session.execute(select(Child.id, Child.label))).all())
+    assert [labels[k] for k in keys] == [f"c{i}" for i in range(12)]
+
+
+async def test_commit_every_commits_chunks_and_says_where_to_resume(
+    tables: DatabaseManager,
+) -> None:
+    taken = uuid.uuid4()
+    async with tables.get_session() as session:
+        session.add(Thing(name="taken", id=taken))
+    rows = [{"name": f"n{i}"} for i in range(10)]
+    rows[7]["id"] = taken
+    async with tables.get_session() as session:
+        with pytest.raises(BulkLoadInterruptedError) as caught:
+            await bulk_insert(session, Thing, rows, commit_every=3)
+    assert caught.value.rows_committed == 6
+    assert await _count(tables) == 7
+    rows[7]["id"] = uuid.uuid4()
+    async with tables.get_session() as session:
+        rest = itertools.islice(rows, caught.value.rows_committed, None)
+        assert await bulk_insert(session, Thing, rest, commit_every=3) == 4
+    assert sorted(t.name for t in await _all(tables)) == sorted(
+        ["taken", *(f"n{i}" for i in range(10))]
+    )
+
+
+async def test_method_copy_off_postgresql_is_refused(db: DatabaseManager, backend: str) -> None:
+    if backend == "postgresql":
+        return
+    async with db.get_session() as session:
+        with pytest.raises(ConfigurationError, match="COPY needs PostgreSQL through asyncpg"):
+            await bulk_insert(session, Thing, [{"name": "x"}], method="copy")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"batch_size": 0}, "batch_size=0 is invalid"),
+        ({"commit_every": 0}, "commit_every=0 is invalid"),
+        ({"method": "fast"}, "method='fast' is not one of"),
+    ],
+)
+async def test_bad_arguments_are_refused(
+    pg_tables: DatabaseManager, kwargs: dict[str, Any], message: str
+) -> None:
+    async with pg_tables.get_session() as session:
+        with pytest.raises(ConfigurationError, match=message):
+            await bulk_insert(session, Thing, [{"name": "x"}], **kwargs)
+        with pytest.raises(ConfigurationError, match="single dict"):
+            await bulk_insert(session, Thing, {"name": "x"})
+        with pytest.raises(ConfigurationError, match="mapped model class"):
+            await bulk_insert(session, dict, [{"name": "x"}])
+
+
+async def test_upsert_inserts_new_rows_and_updates_existing_ones(
+    tables: DatabaseManager,
+) -> None:
+    first, second = uuid.uuid4(), uuid.uuid4()
+    async with tables.get_session() as session:
+        await bulk_upsert(session, Thing, [{"id": first, "name": "one", "note": "keep"}])
+    before = (await _all(tables))[0]
+    await asyncio.sleep(0.01)  # SQLite's clock has millisecond steps
+    async with tables.get_session() as session:
+        count = await bulk_upsert(
+            session,
+            Thing,
+            [{"id": first, "name": "one v2"}, {"id": second, "name": "two"}],
+        )
+    assert count == 2
+    after = {t.id: t for t in await _all(tables)}
+    assert after[first].name == "one v2"
+    assert after[first].note == "keep"  # not among the updated columns
+    assert after[first].version == before.version + 1 == 2
+    assert after[first].created_at == before.created_at
+    assert after[first].updated_at > before.updated_at
+    assert (after[second].name, after[second].version) == ("two", 1)
+
+
+async def test_upsert_on_a_unique_column_with_chosen_update_columns(
+    tables: DatabaseManager,
+) -> None:
+    async with tables.get_session() as session:
+        parent = Thing(name="p")
+        session.add(parent)
+        await bulk_insert(session, Child, [{"thing_id": parent.id, "label": "a"}])
+        child_id = await session.scalar(select(Child.id))
+        await bulk_upsert(
+            session,
+            Child,
+            [{"id": child_id, "thing_id": parent.id, "label": "b", "secret": "s"}],
+            conflict=["id"],
+            update=["label"],
+        )
+        child = (await session.execute(select(Child.label, Child.secret))).one()
+    assert tuple(child) == ("b", None)
+
+
+async def test_upsert_refuses_unknown_conflict_columns(tables: DatabaseManager) -> None:
+    async with tables.get_session() as session:
+        with pytest.raises(ConfigurationError, match="'nmae', which is not a column"):
+            await bulk_upsert(session, Thing, [{"name": "x"}], conflict=["nmae"])
+        with pytest.raises(ConfigurationError, match="is a string"):
+            await bulk_upsert(session, Thing, [{"name": "x"}], conflict="name")
+
+
+async def test_upsert_gives_python_onupdate_columns_a_new_value(tables: DatabaseManager) -> None:
+    async with tables.get_session() as session:
+        await bulk_upsert(session, Note, [{"id": 1, "text": "a"}])
+        before = (await session.execute(select(Note.created_at, Note.updated_at))).one()
+    await asyncio.sleep(0.01)
+    async with tables.get_session() as session:
+        await bulk_upsert(session, Note, [{"id": 1, "text": "b"}, {"id": 2, "text": "c"}])
+        rows = (
+            await session.execute(
+                select(Note.text, Note.created_at, Note.updated_at).order_by(Note.id)
+            )
+        ).all()
+    assert [r.text for r in rows] == ["b", "c"]
+    assert rows[0].created_at == before.created_at
+    assert rows[0].updated_at > before.updated_at
+
+
+async def test_copy_encrypts_like_session_add(pg_url: str, create_tables: CreateTables) -> None:
+    # Defined here: encrypted columns register process-wide (forget_test_columns cleans up).
+    class EncBase(DeclarativeBase):
+        metadata = MetaData()
+
+    class Card(EncBase):
+        __tablename__ = "bulk_cards"
+
+        id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+        number: Mapped[str] = mapped_column(EncryptedType(String(40)))
+        extra: Mapped[dict[str, Any] | None] = mapped_column(EncryptedType(JSON), default=None)
+
+    async with DatabaseManager(key_settings(pg_url)) as db:
+        await create_tables(db, EncBase.metadata)
+        async with db.get_session() as session:
+            session.add(Card(id=1, number="4111-1111", extra={"exp": "12/30"}))
+            await bulk_insert(
+                session,
+                Card,
+                [{"id": 2, "number": "4111-1111", "extra": {"exp": "12/30"}}],
+                method="copy",
+            )
+            await bulk_insert(
+                session,
+                Card,
+                [{"id": 3, "number": "4111-1111", "extra": {"exp": "12/30"}}],
+                method="insert",
+            )
+        async with db.get_session() as session:
+            cards = list(await session.scalars(select(Card).order_by(Card.id)))
+            stored = list(await session.scalars(text("SELECT number FROM bulk_cards")))
+        assert [(c.number, c.extra) for c in cards] == [("4111-1111", {"exp": "12/30"})] * 3
+        assert all(b"4111" not in bytes(s) for s in stored)
+        assert len({bytes(s) for s in stored}) == 3  # a fresh nonce per value
+        async with db.get_session() as session:
+            with pytest.raises(BulkRowError) as caught:
+                await bulk_insert(session, Card, [{"id": 4, "number": 4111111}], method="copy")
+        assert "4111111" not in str(caught.value)
