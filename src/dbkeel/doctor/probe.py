@@ -7,8 +7,6 @@ application's queries run with, including ``ALTER ROLE/DATABASE ... SET`` defaul
 
 from __future__ import annotations
 
-import statistics
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -16,13 +14,13 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from dbkeel._translate import sqlstate
+from dbkeel.monitoring.health import round_trip_ms
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 __all__ = ["ServerFacts", "pooler_detected", "probe_server"]
 
-_LATENCY_SAMPLES = 5
 # SQLSTATEs a transaction-mode pooler causes for named prepared statements:
 # 26000 invalid_sql_statement_name, 42P05 duplicate_prepared_statement.
 _PREPARED_STATEMENT_STATES = {"26000", "42P05"}
@@ -96,7 +94,7 @@ async def probe_server(engine: AsyncEngine) -> ServerFacts:
     """Collect :class:`ServerFacts` through *engine* (one or two connections)."""
     backend = engine.dialect.name
     async with engine.connect() as conn:
-        latency = await _latency_ms(conn)
+        latency = await round_trip_ms(conn)
         version = tuple(p for p in conn.dialect.server_version_info or () if isinstance(p, int))
         if backend == "postgresql":
             facts = await _postgres(conn, version, latency)
@@ -107,16 +105,6 @@ async def probe_server(engine: AsyncEngine) -> ServerFacts:
     if backend == "postgresql":
         facts.pooler = await _detect_transaction_pooler(engine)
     return facts
-
-
-async def _latency_ms(conn: AsyncConnection) -> float:
-    await conn.execute(text("SELECT 1"))  # the first one may carry a prepare
-    samples = []
-    for _ in range(_LATENCY_SAMPLES):
-        start = time.perf_counter()
-        await conn.execute(text("SELECT 1"))
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples) * 1000
 
 
 def _ms_to_s(value: Any) -> float | None:
