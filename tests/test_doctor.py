@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from dbkeel import DatabaseUnavailableError
+from dbkeel import DatabaseManager, DatabaseUnavailableError
 from dbkeel.doctor import DoctorOptions, Report, run_doctor
 from dbkeel.doctor.findings import Finding
 from dbkeel.doctor.probe import ServerFacts, pooler_detected
@@ -128,6 +129,28 @@ async def test_pg_fleet_counts_workers(pg_url: str, monkeypatch: pytest.MonkeyPa
 async def test_pg_fleet_near_the_limit_is_a_warning(pg_role: RoleFactory) -> None:
     url = await pg_role(limit=7)  # 6 of 7 slots: over the 80% share
     assert level(await run_doctor(prod(url), options=CPUS), "pool.fleet") == "warning"
+
+
+async def test_pg_fleet_does_not_count_the_running_application_twice(
+    pg_role: RoleFactory,
+) -> None:
+    # A deployment already holds 5 connections as APP_NAME: they are part of the fleet
+    # (4 + 2), not other clients. Counted as others, 5 of 10 slots would leave too few.
+    url = await pg_role(limit=10)
+    app = create_async_engine(
+        url,
+        poolclass=NullPool,
+        connect_args={"server_settings": {"application_name": "doctor-tests"}},
+    )
+    async with AsyncExitStack() as stack:
+        for _ in range(5):
+            await stack.enter_async_context(app.connect())
+        report = await run_doctor(prod(url), options=CPUS)
+    await app.dispose()
+    finding = report.by_id("pool.fleet")[0]
+    assert finding.level == "ok", finding
+    assert "0 held by other clients now" in finding.what
+    assert "not counting 5 open with APP_NAME='doctor-tests'" in finding.what
 
 
 async def test_pg_recycle_longer_than_idle_session_timeout(pg_role: RoleFactory) -> None:
@@ -337,6 +360,20 @@ async def test_mariadb_fleet_over_max_connections(mariadb_url: str) -> None:
     report = await run_doctor(prod(mariadb_url), workers=1000, options=CPUS)
     assert level(report, "pool.fleet") == "error"
     assert "max_connections" in report.by_id("pool.fleet")[0].what
+
+
+async def test_mariadb_fleet_says_whether_it_told_own_connections_apart(
+    mariadb_url: str,
+) -> None:
+    async with DatabaseManager(prod(mariadb_url)) as app, app.engine.connect() as held:
+        await held.execute(text("SELECT 1"))
+        report = await run_doctor(prod(mariadb_url), options=CPUS)
+    what = report.by_id("pool.fleet")[0].what
+    # MariaDB shows connect attributes (program_name) only with performance_schema=ON.
+    assert (
+        "not counting 1 open with APP_NAME='doctor-tests'" in what
+        or "APP_NAME='doctor-tests' cannot be told apart" in what
+    ), what
 
 
 async def test_mariadb_schema_checks_skip_jsonb(mariadb_url: str) -> None:

@@ -121,6 +121,7 @@ def _fleet(ctx: ServerContext, facts: ServerFacts) -> list[Finding]:
     name, allowed, others = min(limits, key=lambda item: item[1] - item[2])
     free = allowed - others
     what += f"; {name} = {allowed}, {others} held by other clients now, {free} free"
+    what += _own_connections(ctx, facts)
     if fleet <= free * _FLEET_WARNING_SHARE:
         return [Finding("pool.fleet", "ok", what)]
     budget = max(free, 0) // ctx.workers
@@ -142,6 +143,24 @@ def _fleet(ctx: ServerContext, facts: ServerFacts) -> list[Finding]:
         "the server over its limit."
     )
     return [Finding("pool.fleet", "warning", what, why, fix)]
+
+
+def _own_connections(ctx: ServerContext, facts: ServerFacts) -> str:
+    # The fleet total already includes the running application's connections, so they
+    # are not counted among the other clients; say so, or say they could not be told apart.
+    name = ctx.settings.app_name
+    if facts.own_connected is None:
+        return (
+            f"; connections of APP_NAME={name!r} cannot be told apart from other clients' "
+            "(performance_schema is off or not readable), so a running fleet is counted "
+            "twice here"
+        )
+    if facts.own_connected:
+        return (
+            f" (not counting {facts.own_connected} open with APP_NAME={name!r}: the fleet "
+            "total includes them)"
+        )
+    return ""
 
 
 def _recycle(ctx: ServerContext, facts: ServerFacts) -> list[Finding]:
