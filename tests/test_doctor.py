@@ -6,6 +6,7 @@ PostgreSQL checks are tripped with a throw-away role per test (``ALTER ROLE ... 
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
@@ -28,6 +29,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -260,6 +262,29 @@ def test_production_without_tls_to_a_remote_host_is_an_error() -> None:
     assert _server_findings(remote, _facts(tls=True))["net.tls"].level == "ok"
     local = "postgresql+asyncpg://app@127.0.0.1/app"
     assert _server_findings(local, _facts(tls=False))["net.tls"].level == "ok"
+
+
+async def test_tls_fix_for_mariadb_is_a_url_asyncmy_accepts(mariadb_url: str) -> None:
+    remote = "mysql+asyncmy://app@db.internal/app"
+    facts = _facts(backend="mariadb", version=(10, 11), version_text="10.11", tls=False)
+    fix = _server_findings(remote, facts)["net.tls"].fix
+    assert "?ssl=true" not in fix  # asyncmy: "ssl argument must be True, a dict ..."
+    query = re.search(r"append \?(\S+) to DATABASE_URL", fix)
+    assert query is not None and query[1].startswith("ssl_ca="), fix
+    # The local server has no TLS, so the handshake fails; the URL itself must be taken.
+    engine = create_async_engine(f"{mariadb_url}?{query[1]}", poolclass=NullPool)
+    with pytest.raises(OperationalError, match="SSL"):
+        async with engine.connect():
+            pass
+    await engine.dispose()
+
+
+def test_tls_fix_names_the_postgres_drivers_query() -> None:
+    facts = _facts(tls=False)
+    asyncpg = _server_findings("postgresql+asyncpg://app@db.internal/app", facts)
+    assert asyncpg["net.tls"].fix.startswith("append ?ssl=require to DATABASE_URL")
+    psycopg = _server_findings("postgresql+psycopg://app@db.internal/app", facts)
+    assert psycopg["net.tls"].fix.startswith("append ?sslmode=require to DATABASE_URL")
 
 
 def test_unsupported_server_version_is_an_error() -> None:

@@ -311,12 +311,26 @@ def _is_local(host: str | None) -> bool:
         return False
 
 
+# The URL query each driver takes for TLS. asyncmy rejects ?ssl=true (its ssl argument
+# must be True, a dict or an SSLContext, and the URL gives a string); SQLAlchemy's MySQL
+# dialects turn ssl_ca / ssl_cert / ssl_key / ssl_check_hostname into that dict.
+_TLS_QUERY = {
+    "asyncpg": ("?ssl=require", "asyncpg: encrypt; ?ssl=verify-full also checks the certificate"),
+    "psycopg": ("?sslmode=require", "libpq: encrypt; sslmode=verify-full also checks the certificate"),
+    "asyncmy": (
+        "?ssl_ca=/etc/ssl/certs/ca-certificates.crt",
+        "the CA bundle that signed the server's certificate; asyncmy does not take ssl=true",
+    ),
+}
+
+
 def _tls(ctx: ServerContext, facts: ServerFacts) -> list[Finding]:
     host = ctx.settings.url.host
     if facts.tls or ctx.settings.environment != "production" or _is_local(host):
         state = "TLS" if facts.tls else "no TLS"
         return [Finding("net.tls", "ok", f"{state} to {host or 'local socket'}")]
-    query = "?ssl=require" if ctx.settings.url.get_driver_name() == "asyncpg" else "?ssl=true"
+    driver = ctx.settings.url.get_driver_name()
+    query, note = _TLS_QUERY.get(driver, _TLS_QUERY["asyncmy"])
     return [
         Finding(
             "net.tls",
@@ -324,7 +338,7 @@ def _tls(ctx: ServerContext, facts: ServerFacts) -> list[Finding]:
             f"ENVIRONMENT=production and the connection to {host} is not encrypted",
             "Queries, results and the login travel in clear text across every network "
             "hop between the application and the database.",
-            f"append {query} to DATABASE_URL (and enable TLS on the server)",
+            f"append {query} to DATABASE_URL ({note}; and enable TLS on the server)",
         )
     ]
 
