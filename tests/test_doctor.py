@@ -38,6 +38,7 @@ from dbkeel.doctor import DoctorOptions, Report, run_doctor
 from dbkeel.doctor.findings import Finding
 from dbkeel.doctor.probe import ServerFacts, pooler_detected
 from dbkeel.doctor.server_checks import ServerContext, check_server
+from dbkeel.settings import default_pool_size
 from tests.conftest import CreateTables, make_settings
 
 CPUS = DoctorOptions(cpu_count=2)  # pool-size rule: 4..8
@@ -219,6 +220,19 @@ async def test_pool_sizing_against_cpus(pg_url: str) -> None:
     assert "DATABASE_POOL_SIZE=4" in report.by_id("pool.size")[0].fix
     report = await run_doctor(prod(pg_url, pool_size=2, max_overflow=1), options=CPUS)
     assert level(report, "pool.size") == "warning"
+
+
+async def test_pool_size_default_cap_passes_on_many_cpus(pg_url: str) -> None:
+    # On 32 CPUs the settings' default is 40 (CPUs x 2 clamped to 4..40), not 64.
+    many = DoctorOptions(cpu_count=32)
+    assert default_pool_size() <= 40
+    report = await run_doctor(prod(pg_url, pool_size=40, max_overflow=20), options=many)
+    finding = report.by_id("pool.size")[0]
+    assert finding.level == "ok", finding
+    assert "rule: 40..128" in finding.what and "default cap" in finding.what
+    report = await run_doctor(prod(pg_url, pool_size=30, max_overflow=15), options=many)
+    assert level(report, "pool.size") == "warning"
+    assert "DATABASE_POOL_SIZE=40" in report.by_id("pool.size")[0].fix
     assert level(report, "pool.overflow") == "ok"
 
 

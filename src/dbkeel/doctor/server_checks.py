@@ -316,7 +316,10 @@ def _is_local(host: str | None) -> bool:
 # dialects turn ssl_ca / ssl_cert / ssl_key / ssl_check_hostname into that dict.
 _TLS_QUERY = {
     "asyncpg": ("?ssl=require", "asyncpg: encrypt; ?ssl=verify-full also checks the certificate"),
-    "psycopg": ("?sslmode=require", "libpq: encrypt; sslmode=verify-full also checks the certificate"),
+    "psycopg": (
+        "?sslmode=require",
+        "libpq: encrypt; sslmode=verify-full also checks the certificate",
+    ),
     "asyncmy": (
         "?ssl_ca=/etc/ssl/certs/ca-certificates.crt",
         "the CA bundle that signed the server's certificate; asyncmy does not take ssl=true",
