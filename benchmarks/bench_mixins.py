@@ -5,19 +5,26 @@
    turned off. Goal: automatic / hand-written <= 1.05.
 2. Update one row 200 times, with VersionMixin's version check vs a model without it,
    counting statements: the check must add no round trip (goal: same statement count).
+3. 500 statements in a session holding 300 clean objects, each preceded by autoflush:
+   DbkeelSession (which looks for VersionMixin objects before each flush) vs a plain
+   Session. Goal: DbkeelSession / plain <= 1.05.
 """
 
 from __future__ import annotations
 
 from sqlalchemy import Integer, String, event, false, select, text
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from benchmarks._harness import PG_URL, compare, console
 from dbkeel import DatabaseManager, DatabaseSettings, SoftDeleteMixin, VersionMixin
+from dbkeel.mixins.session import DbkeelSession
 
 ROWS = 2_000
 SELECTS = 20
 UPDATES = 200
+CLEAN = 300
+STATEMENTS = 500
 
 
 class Base(DeclarativeBase):
@@ -122,6 +129,28 @@ async def main() -> None:
         console.print(
             f"statements per {UPDATES} updates: "
             + ", ".join(f"{name} {n}" for name, n in counts.items())
+        )
+
+        def flusher(session_class: type[Session]):  # type: ignore[no-untyped-def]
+            factory = async_sessionmaker(
+                db.engine, sync_session_class=session_class, expire_on_commit=False
+            )
+
+            async def run() -> int:
+                async with factory() as s:
+                    docs = (await s.scalars(select(Doc).limit(CLEAN))).all()
+                    assert len(docs) == CLEAN
+                    for _ in range(STATEMENTS):  # each one autoflushes first
+                        await s.execute(text("SELECT 1"))
+                return STATEMENTS
+
+            return run
+
+        await compare(
+            f"{STATEMENTS} statements (autoflush each) with {CLEAN} clean objects loaded",
+            {"plain Session": flusher(Session), "DbkeelSession": flusher(DbkeelSession)},
+            baseline="plain Session",
+            goal="goal: DbkeelSession / plain <= 1.05",
         )
         async with db.engine.begin() as conn:
             await conn.run_sync(Base.metadata.drop_all)

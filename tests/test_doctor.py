@@ -6,8 +6,10 @@ PostgreSQL checks are tripped with a throw-away role per test (``ALTER ROLE ... 
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +29,16 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from dbkeel import DatabaseUnavailableError
+from dbkeel import DatabaseManager, DatabaseUnavailableError
 from dbkeel.doctor import DoctorOptions, Report, run_doctor
 from dbkeel.doctor.findings import Finding
 from dbkeel.doctor.probe import ServerFacts, pooler_detected
 from dbkeel.doctor.server_checks import ServerContext, check_server
+from dbkeel.settings import default_pool_size
 from tests.conftest import CreateTables, make_settings
 
 CPUS = DoctorOptions(cpu_count=2)  # pool-size rule: 4..8
@@ -130,6 +134,28 @@ async def test_pg_fleet_near_the_limit_is_a_warning(pg_role: RoleFactory) -> Non
     assert level(await run_doctor(prod(url), options=CPUS), "pool.fleet") == "warning"
 
 
+async def test_pg_fleet_does_not_count_the_running_application_twice(
+    pg_role: RoleFactory,
+) -> None:
+    # A deployment already holds 5 connections as APP_NAME: they are part of the fleet
+    # (4 + 2), not other clients. Counted as others, 5 of 10 slots would leave too few.
+    url = await pg_role(limit=10)
+    app = create_async_engine(
+        url,
+        poolclass=NullPool,
+        connect_args={"server_settings": {"application_name": "doctor-tests"}},
+    )
+    async with AsyncExitStack() as stack:
+        for _ in range(5):
+            await stack.enter_async_context(app.connect())
+        report = await run_doctor(prod(url), options=CPUS)
+    await app.dispose()
+    finding = report.by_id("pool.fleet")[0]
+    assert finding.level == "ok", finding
+    assert "0 held by other clients now" in finding.what
+    assert "not counting 5 open with APP_NAME='doctor-tests'" in finding.what
+
+
 async def test_pg_recycle_longer_than_idle_session_timeout(pg_role: RoleFactory) -> None:
     url = await pg_role(idle_session_timeout="10min")
     report = await run_doctor(prod(url, pool_recycle=3600), options=CPUS)
@@ -194,6 +220,19 @@ async def test_pool_sizing_against_cpus(pg_url: str) -> None:
     assert "DATABASE_POOL_SIZE=4" in report.by_id("pool.size")[0].fix
     report = await run_doctor(prod(pg_url, pool_size=2, max_overflow=1), options=CPUS)
     assert level(report, "pool.size") == "warning"
+
+
+async def test_pool_size_default_cap_passes_on_many_cpus(pg_url: str) -> None:
+    # On 32 CPUs the settings' default is 40 (CPUs x 2 clamped to 4..40), not 64.
+    many = DoctorOptions(cpu_count=32)
+    assert default_pool_size() <= 40
+    report = await run_doctor(prod(pg_url, pool_size=40, max_overflow=20), options=many)
+    finding = report.by_id("pool.size")[0]
+    assert finding.level == "ok", finding
+    assert "rule: 40..128" in finding.what and "default cap" in finding.what
+    report = await run_doctor(prod(pg_url, pool_size=30, max_overflow=15), options=many)
+    assert level(report, "pool.size") == "warning"
+    assert "DATABASE_POOL_SIZE=40" in report.by_id("pool.size")[0].fix
     assert level(report, "pool.overflow") == "ok"
 
 
@@ -237,6 +276,29 @@ def test_production_without_tls_to_a_remote_host_is_an_error() -> None:
     assert _server_findings(remote, _facts(tls=True))["net.tls"].level == "ok"
     local = "postgresql+asyncpg://app@127.0.0.1/app"
     assert _server_findings(local, _facts(tls=False))["net.tls"].level == "ok"
+
+
+async def test_tls_fix_for_mariadb_is_a_url_asyncmy_accepts(mariadb_url: str) -> None:
+    remote = "mysql+asyncmy://app@db.internal/app"
+    facts = _facts(backend="mariadb", version=(10, 11), version_text="10.11", tls=False)
+    fix = _server_findings(remote, facts)["net.tls"].fix
+    assert "?ssl=true" not in fix  # asyncmy: "ssl argument must be True, a dict ..."
+    query = re.search(r"append \?(\S+) to DATABASE_URL", fix)
+    assert query is not None and query[1].startswith("ssl_ca="), fix
+    # The local server has no TLS, so the handshake fails; the URL itself must be taken.
+    engine = create_async_engine(f"{mariadb_url}?{query[1]}", poolclass=NullPool)
+    with pytest.raises(OperationalError, match="SSL"):
+        async with engine.connect():
+            pass
+    await engine.dispose()
+
+
+def test_tls_fix_names_the_postgres_drivers_query() -> None:
+    facts = _facts(tls=False)
+    asyncpg = _server_findings("postgresql+asyncpg://app@db.internal/app", facts)
+    assert asyncpg["net.tls"].fix.startswith("append ?ssl=require to DATABASE_URL")
+    psycopg = _server_findings("postgresql+psycopg://app@db.internal/app", facts)
+    assert psycopg["net.tls"].fix.startswith("append ?sslmode=require to DATABASE_URL")
 
 
 def test_unsupported_server_version_is_an_error() -> None:
@@ -337,6 +399,20 @@ async def test_mariadb_fleet_over_max_connections(mariadb_url: str) -> None:
     report = await run_doctor(prod(mariadb_url), workers=1000, options=CPUS)
     assert level(report, "pool.fleet") == "error"
     assert "max_connections" in report.by_id("pool.fleet")[0].what
+
+
+async def test_mariadb_fleet_says_whether_it_told_own_connections_apart(
+    mariadb_url: str,
+) -> None:
+    async with DatabaseManager(prod(mariadb_url)) as app, app.engine.connect() as held:
+        await held.execute(text("SELECT 1"))
+        report = await run_doctor(prod(mariadb_url), options=CPUS)
+    what = report.by_id("pool.fleet")[0].what
+    # MariaDB shows connect attributes (program_name) only with performance_schema=ON.
+    assert (
+        "not counting 1 open with APP_NAME='doctor-tests'" in what
+        or "APP_NAME='doctor-tests' cannot be told apart" in what
+    ), what
 
 
 async def test_mariadb_schema_checks_skip_jsonb(mariadb_url: str) -> None:

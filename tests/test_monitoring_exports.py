@@ -6,11 +6,12 @@ import logging
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from dbkeel import DatabaseManager, MissingDependencyError
@@ -21,6 +22,7 @@ from dbkeel.monitoring import (
     prometheus_text,
     register_prometheus,
 )
+from dbkeel.monitoring.health import round_trip_ms
 from tests.conftest import make_settings
 
 
@@ -211,6 +213,23 @@ async def test_health_report(db: DatabaseManager) -> None:
     assert report["server_version"]
     assert report["error"] is None
     assert report["pool"]["pool_class"] == "NullPool"
+
+
+async def test_round_trip_is_the_median_of_select_one_samples(db: DatabaseManager) -> None:
+    # The one sampler behind `dbkeel check` and the doctor's net.latency.
+    statements: list[str] = []
+    async with db.engine.connect() as conn:
+        event.listen(conn.sync_connection, "before_cursor_execute", _record(statements))
+        latency = await round_trip_ms(conn, samples=3)
+    assert latency > 0
+    assert statements.count("SELECT 1") == 4  # one unmeasured warm-up, then the samples
+
+
+def _record(statements: list[str]) -> Any:
+    def before(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement)
+
+    return before
 
 
 async def test_health_of_an_unreachable_server_never_shows_the_password() -> None:

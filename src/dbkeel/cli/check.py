@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import time
-
 from rich.table import Table
-from sqlalchemy import text
 
 from dbkeel.cli._console import console, print_error
 from dbkeel.engine import build_engine_options
 from dbkeel.exceptions import DbkeelError
 from dbkeel.manager import DatabaseManager
-from dbkeel.monitoring.health import HealthReport
+from dbkeel.monitoring.health import HealthReport, round_trip_ms
 from dbkeel.settings import DatabaseSettings
 
 
@@ -25,12 +22,8 @@ async def run_check() -> int:
         print_error(exc)
         return 1
     try:
-        latencies = []
         async with db.engine.connect() as conn:
-            for _ in range(5):
-                start = time.perf_counter()
-                await conn.execute(text("SELECT 1"))
-                latencies.append(time.perf_counter() - start)
+            latency_ms = await round_trip_ms(conn)
             version = conn.dialect.server_version_info
         options = build_engine_options(settings)
         table = Table(title="dbkeel check: database reachable", show_header=False)
@@ -40,7 +33,7 @@ async def run_check() -> int:
         table.add_row("environment", settings.environment)
         table.add_row("driver", f"{db.engine.dialect.name}+{db.engine.dialect.driver}")
         table.add_row("server version", ".".join(str(p) for p in version or ()))
-        table.add_row("round trip (median of 5)", f"{sorted(latencies)[2] * 1000:.2f} ms")
+        table.add_row("round trip (median of 5)", f"{latency_ms:.2f} ms")
         table.add_row("pool", options.poolclass.__name__)
         for key in ("pool_size", "max_overflow", "pool_timeout", "pool_recycle", "pool_pre_ping"):
             if key in options.kwargs:

@@ -18,6 +18,8 @@ __all__ = ["check_settings", "pooled_limits"]
 
 ENV = DatabaseSettings.ENV_NAMES
 _DEFAULT_APP_NAME = "dbkeel"
+#: Upper clamp of settings.default_pool_size() (CPUs x 2, clamped to 4..40).
+_DEFAULT_POOL_SIZE_MAX = 40
 
 
 def pooled_limits(settings: DatabaseSettings, pool_kwargs: dict[str, object]) -> tuple[int, int]:
@@ -46,9 +48,14 @@ def check_settings(
 
 
 def _pool_size(settings: DatabaseSettings, cpus: int) -> list[Finding]:
-    low, high = cpus * 2, cpus * 4
+    # The library's own default (CPUs x 2, clamped to 4..40) must pass: above 20 CPUs
+    # it stops at 40, since one process rarely keeps more connections busy.
+    low, high = min(cpus * 2, _DEFAULT_POOL_SIZE_MAX), cpus * 4
     size = settings.pool_size
-    what = f"DATABASE_POOL_SIZE={size} on {cpus} CPUs (rule: {low}..{high}, CPUs x 2-4)"
+    rule = f"rule: {low}..{high}, CPUs x 2-4"
+    if low < cpus * 2:
+        rule += f", at least {_DEFAULT_POOL_SIZE_MAX} = dbkeel's default cap"
+    what = f"DATABASE_POOL_SIZE={size} on {cpus} CPUs ({rule})"
     if low <= size <= high:
         return [Finding("pool.size", "ok", what)]
     if size < low:

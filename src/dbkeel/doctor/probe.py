@@ -7,8 +7,6 @@ application's queries run with, including ``ALTER ROLE/DATABASE ... SET`` defaul
 
 from __future__ import annotations
 
-import statistics
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -16,13 +14,13 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from dbkeel._translate import sqlstate
+from dbkeel.monitoring.health import round_trip_ms
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 __all__ = ["ServerFacts", "pooler_detected", "probe_server"]
 
-_LATENCY_SAMPLES = 5
 # SQLSTATEs a transaction-mode pooler causes for named prepared statements:
 # 26000 invalid_sql_statement_name, 42P05 duplicate_prepared_statement.
 _PREPARED_STATEMENT_STATES = {"26000", "42P05"}
@@ -39,23 +37,29 @@ _PG_SETTINGS = (
     "jit",
     "application_name",
 )
+# "Others" leave out the fleet's own backends (same application_name): the fleet check
+# adds the whole fleet itself, so a doctor run against a live deployment must not count
+# it twice. They are counted apart, for the report.
+_PG_OTHERS = (
+    "backend_type = 'client backend' AND pid <> pg_backend_pid() "
+    "AND application_name IS DISTINCT FROM :app_name"
+)
 _PG_FACTS = text(
-    """
+    f"""
     SELECT
       (SELECT json_object_agg(name, setting) FROM pg_settings WHERE name = ANY(:names)),
+      (SELECT count(*) FROM pg_stat_activity WHERE {_PG_OTHERS}),
+      (SELECT count(*) FROM pg_stat_activity WHERE {_PG_OTHERS} AND usename = current_user),
       (SELECT count(*) FROM pg_stat_activity
-        WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()),
-      (SELECT count(*) FROM pg_stat_activity
-        WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
-          AND usename = current_user),
-      (SELECT count(*) FROM pg_stat_activity
-        WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
-          AND datname = current_database()),
+        WHERE {_PG_OTHERS} AND datname = current_database()),
       (SELECT rolconnlimit FROM pg_roles WHERE rolname = current_user),
       (SELECT rolsuper FROM pg_roles WHERE rolname = current_user),
       (SELECT datconnlimit FROM pg_database WHERE datname = current_database()),
       (SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()),
-      current_user, current_database()
+      current_user, current_database(),
+      (SELECT count(*) FROM pg_stat_activity
+        WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
+          AND application_name = :app_name)
     """
 )
 
@@ -71,7 +75,8 @@ class ServerFacts:
     is_mariadb: bool = False
     max_connections: int | None = None
     reserved_connections: int = 0
-    others_connected: int = 0
+    others_connected: int = 0  # other clients, the application's own connections left out
+    own_connected: int | None = None  # same application name; None = cannot be told apart
     user_limit: int | None = None  # role / account connection limit, None = unlimited
     user_others: int = 0
     database_limit: int | None = None
@@ -92,16 +97,20 @@ class ServerFacts:
     notes: list[str] = field(default_factory=list)
 
 
-async def probe_server(engine: AsyncEngine) -> ServerFacts:
-    """Collect :class:`ServerFacts` through *engine* (one or two connections)."""
+async def probe_server(engine: AsyncEngine, app_name: str) -> ServerFacts:
+    """Collect :class:`ServerFacts` through *engine* (one or two connections).
+
+    Connections named *app_name* (``APP_NAME``) are the application's own: they are
+    counted apart from the other clients'.
+    """
     backend = engine.dialect.name
     async with engine.connect() as conn:
-        latency = await _latency_ms(conn)
+        latency = await round_trip_ms(conn)
         version = tuple(p for p in conn.dialect.server_version_info or () if isinstance(p, int))
         if backend == "postgresql":
-            facts = await _postgres(conn, version, latency)
+            facts = await _postgres(conn, version, latency, app_name)
         elif backend in ("mysql", "mariadb"):
-            facts = await _mysql(conn, version, latency)
+            facts = await _mysql(conn, version, latency, app_name)
         else:
             facts = await _sqlite(conn, version, latency)
     if backend == "postgresql":
@@ -109,23 +118,16 @@ async def probe_server(engine: AsyncEngine) -> ServerFacts:
     return facts
 
 
-async def _latency_ms(conn: AsyncConnection) -> float:
-    await conn.execute(text("SELECT 1"))  # the first one may carry a prepare
-    samples = []
-    for _ in range(_LATENCY_SAMPLES):
-        start = time.perf_counter()
-        await conn.execute(text("SELECT 1"))
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples) * 1000
-
-
 def _ms_to_s(value: Any) -> float | None:
     number = float(value) if value is not None else 0.0
     return number / 1000 if number > 0 else None
 
 
-async def _postgres(conn: AsyncConnection, version: tuple[int, ...], latency: float) -> ServerFacts:
-    row = (await conn.execute(_PG_FACTS, {"names": list(_PG_SETTINGS)})).one()
+async def _postgres(
+    conn: AsyncConnection, version: tuple[int, ...], latency: float, app_name: str
+) -> ServerFacts:
+    params = {"names": list(_PG_SETTINGS), "app_name": app_name}
+    row = (await conn.execute(_PG_FACTS, params)).one()
     (
         settings,
         others,
@@ -137,6 +139,7 @@ async def _postgres(conn: AsyncConnection, version: tuple[int, ...], latency: fl
         ssl,
         user,
         database,
+        own,
     ) = row
     if isinstance(settings, str):  # drivers without a json codec hand back text
         import json
@@ -154,6 +157,7 @@ async def _postgres(conn: AsyncConnection, version: tuple[int, ...], latency: fl
         max_connections=int(settings["max_connections"]),
         reserved_connections=reserved,
         others_connected=int(others),
+        own_connected=int(own),
         user_limit=rolconnlimit if rolconnlimit is not None and rolconnlimit >= 0 else None,
         user_others=int(user_others),
         database_limit=datconnlimit if datconnlimit is not None and datconnlimit >= 0 else None,
@@ -171,7 +175,21 @@ async def _postgres(conn: AsyncConnection, version: tuple[int, ...], latency: fl
     )
 
 
-async def _mysql(conn: AsyncConnection, version: tuple[int, ...], latency: float) -> ServerFacts:
+# The application's own connections, told apart by the program_name connect attribute
+# dbkeel sends through asyncmy. Only performance_schema shows connect attributes, and
+# MariaDB ships with it off (performance_schema=ON in the server config turns it on).
+_MYSQL_OWN = text(
+    "SELECT count(*), count(CASE WHEN p.USER = SUBSTRING_INDEX(CURRENT_USER(), '@', 1) "
+    "THEN 1 END) FROM information_schema.PROCESSLIST p "
+    "JOIN performance_schema.session_connect_attrs a ON a.PROCESSLIST_ID = p.ID "
+    "AND a.ATTR_NAME = 'program_name' AND a.ATTR_VALUE = :app_name "
+    "WHERE p.ID <> CONNECTION_ID()"
+)
+
+
+async def _mysql(
+    conn: AsyncConnection, version: tuple[int, ...], latency: float, app_name: str
+) -> ServerFacts:
     version_text = str(await conn.scalar(text("SELECT VERSION()")))
     is_mariadb = "mariadb" in version_text.lower()
     timeout_var = "@@session.max_statement_time" if is_mariadb else "@@session.max_execution_time"
@@ -184,11 +202,20 @@ async def _mysql(conn: AsyncConnection, version: tuple[int, ...], latency: float
                 "CONNECTION_ID() AND COMMAND <> 'Daemon'), "
                 "(SELECT count(*) FROM information_schema.PROCESSLIST WHERE ID <> "
                 "CONNECTION_ID() AND CONCAT(USER, '@') = "
-                "CONCAT(SUBSTRING_INDEX(CURRENT_USER(), '@', 1), '@'))"
+                "CONCAT(SUBSTRING_INDEX(CURRENT_USER(), '@', 1), '@')), "
+                "@@performance_schema"
             )
         )
     ).one()
-    max_conn, wait_timeout, stmt_timeout, user_limit, user, database, others, user_others = row
+    max_conn, wait_timeout, stmt_timeout, user_limit, user, database, others, user_others = row[:8]
+    own: int | None = None
+    if row[8]:
+        try:
+            own, own_user = (await conn.execute(_MYSQL_OWN, {"app_name": app_name})).one()
+        except DBAPIError:  # no SELECT privilege on performance_schema: cannot tell apart
+            pass
+        else:
+            others, user_others = int(others) - int(own), int(user_others) - int(own_user)
     cipher = (await conn.execute(text("SHOW SESSION STATUS LIKE 'Ssl_cipher'"))).first()
     # MariaDB counts seconds, MySQL's max_execution_time milliseconds.
     stmt_s = float(stmt_timeout or 0) / (1 if is_mariadb else 1000)
@@ -200,6 +227,7 @@ async def _mysql(conn: AsyncConnection, version: tuple[int, ...], latency: float
         is_mariadb=is_mariadb,
         max_connections=int(max_conn),
         others_connected=int(others),
+        own_connected=int(own) if own is not None else None,
         user_limit=int(user_limit) if user_limit else None,
         user_others=int(user_others),
         user=str(user),

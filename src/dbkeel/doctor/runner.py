@@ -58,7 +58,7 @@ async def run_doctor(
     # its own: an app configured with pool_size=1 must not make the doctor wait on itself.
     probe_settings = settings.model_copy(update={"environment": "test"})
     async with DatabaseManager(probe_settings) as db:
-        facts = await probe_server(db.engine)
+        facts = await probe_server(db.engine, settings.app_name)
     ctx = ServerContext(settings, pool_kwargs, worker_count, options)
     findings += check_server(ctx, facts)
     if metadata is not None:

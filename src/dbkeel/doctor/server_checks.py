@@ -121,6 +121,7 @@ def _fleet(ctx: ServerContext, facts: ServerFacts) -> list[Finding]:
     name, allowed, others = min(limits, key=lambda item: item[1] - item[2])
     free = allowed - others
     what += f"; {name} = {allowed}, {others} held by other clients now, {free} free"
+    what += _own_connections(ctx, facts)
     if fleet <= free * _FLEET_WARNING_SHARE:
         return [Finding("pool.fleet", "ok", what)]
     budget = max(free, 0) // ctx.workers
@@ -142,6 +143,24 @@ def _fleet(ctx: ServerContext, facts: ServerFacts) -> list[Finding]:
         "the server over its limit."
     )
     return [Finding("pool.fleet", "warning", what, why, fix)]
+
+
+def _own_connections(ctx: ServerContext, facts: ServerFacts) -> str:
+    # The fleet total already includes the running application's connections, so they
+    # are not counted among the other clients; say so, or say they could not be told apart.
+    name = ctx.settings.app_name
+    if facts.own_connected is None:
+        return (
+            f"; connections of APP_NAME={name!r} cannot be told apart from other clients' "
+            "(performance_schema is off or not readable), so a running fleet is counted "
+            "twice here"
+        )
+    if facts.own_connected:
+        return (
+            f" (not counting {facts.own_connected} open with APP_NAME={name!r}: the fleet "
+            "total includes them)"
+        )
+    return ""
 
 
 def _recycle(ctx: ServerContext, facts: ServerFacts) -> list[Finding]:
@@ -292,12 +311,29 @@ def _is_local(host: str | None) -> bool:
         return False
 
 
+# The URL query each driver takes for TLS. asyncmy rejects ?ssl=true (its ssl argument
+# must be True, a dict or an SSLContext, and the URL gives a string); SQLAlchemy's MySQL
+# dialects turn ssl_ca / ssl_cert / ssl_key / ssl_check_hostname into that dict.
+_TLS_QUERY = {
+    "asyncpg": ("?ssl=require", "asyncpg: encrypt; ?ssl=verify-full also checks the certificate"),
+    "psycopg": (
+        "?sslmode=require",
+        "libpq: encrypt; sslmode=verify-full also checks the certificate",
+    ),
+    "asyncmy": (
+        "?ssl_ca=/etc/ssl/certs/ca-certificates.crt",
+        "the CA bundle that signed the server's certificate; asyncmy does not take ssl=true",
+    ),
+}
+
+
 def _tls(ctx: ServerContext, facts: ServerFacts) -> list[Finding]:
     host = ctx.settings.url.host
     if facts.tls or ctx.settings.environment != "production" or _is_local(host):
         state = "TLS" if facts.tls else "no TLS"
         return [Finding("net.tls", "ok", f"{state} to {host or 'local socket'}")]
-    query = "?ssl=require" if ctx.settings.url.get_driver_name() == "asyncpg" else "?ssl=true"
+    driver = ctx.settings.url.get_driver_name()
+    query, note = _TLS_QUERY.get(driver, _TLS_QUERY["asyncmy"])
     return [
         Finding(
             "net.tls",
@@ -305,7 +341,7 @@ def _tls(ctx: ServerContext, facts: ServerFacts) -> list[Finding]:
             f"ENVIRONMENT=production and the connection to {host} is not encrypted",
             "Queries, results and the login travel in clear text across every network "
             "hop between the application and the database.",
-            f"append {query} to DATABASE_URL (and enable TLS on the server)",
+            f"append {query} to DATABASE_URL ({note}; and enable TLS on the server)",
         )
     ]
 

@@ -45,8 +45,17 @@ class DbkeelSession(Session):
 
     def flush(self, objects: Any = None) -> None:
         # Collected before the flush: a failed flush rolls back and expires the objects,
-        # after which they no longer look dirty.
-        versioned = [o for o in (*self.dirty, *self.deleted) if isinstance(o, VersionMixin)]
+        # after which they no longer look dirty. Autoflush runs this before every
+        # statement, so only the identity map's modified states and the deleted ones are
+        # read (both usually empty), never self.dirty / self.deleted, which build new sets.
+        versioned: list[object] = []
+        modified, deleted = self.identity_map._modified, self._deleted
+        if modified or deleted:
+            dirty = [state for state in modified if state not in deleted]  # as self.dirty
+            for state in (*dirty, *deleted):
+                obj = state.obj()
+                if obj is not None and issubclass(state.class_, VersionMixin):
+                    versioned.append(obj)
         try:
             super().flush(objects)
         except StaleDataError as exc:

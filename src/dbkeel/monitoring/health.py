@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import statistics
 from time import perf_counter
 from typing import Literal, TypedDict
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from dbkeel.monitoring.pool import PoolMonitor
 from dbkeel.monitoring.status import PoolStatus
 
-__all__ = ["HealthReport", "check_health"]
+__all__ = ["HealthReport", "check_health", "round_trip_ms"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,22 @@ class HealthReport(TypedDict):
     backend: str
     pool: PoolStatus
     error: str | None
+
+
+async def round_trip_ms(conn: AsyncConnection, samples: int = 5) -> float:
+    """Median of *samples* ``SELECT 1`` round trips on *conn*, in ms (checkout excluded).
+
+    One unmeasured ``SELECT 1`` goes first: it may carry a statement prepare. Used by
+    ``dbkeel check`` and ``dbkeel doctor`` so both report the same number.
+    """
+    select_one = text("SELECT 1")
+    await conn.execute(select_one)
+    timings = []
+    for _ in range(samples):
+        start = perf_counter()
+        await conn.execute(select_one)
+        timings.append(perf_counter() - start)
+    return statistics.median(timings) * 1000
 
 
 async def check_health(
