@@ -26,7 +26,14 @@ from sqlalchemy.exc import ArgumentError
 
 from dbkeel.exceptions import ConfigurationError
 
-__all__ = ["DEFAULT_SQLITE_URL", "DatabaseSettings", "Environment", "mask_url"]
+__all__ = [
+    "DEFAULT_SQLITE_URL",
+    "POOL_SIZE_DEFAULT_RANGE",
+    "DatabaseSettings",
+    "Environment",
+    "default_pool_size",
+    "mask_url",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -54,9 +61,17 @@ def _cpu_count() -> int:
     return os.cpu_count() or 1
 
 
+#: The default pool_size is CPU count x 2 (the design's rule), clamped to this range.
+POOL_SIZE_DEFAULT_RANGE = (4, 40)
+
+
 def default_pool_size() -> int:
-    """CPU count x 2 (the design's rule), clamped to 4..40."""
-    return max(4, min(40, _cpu_count() * 2))
+    """CPU count x 2 (the design's rule), clamped to :data:`POOL_SIZE_DEFAULT_RANGE`.
+
+    Example: on 2 CPUs ``default_pool_size() == 4``; on 64 CPUs it is 40.
+    """
+    low, high = POOL_SIZE_DEFAULT_RANGE
+    return max(low, min(high, _cpu_count() * 2))
 
 
 def mask_url(url: str | URL) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from dbkeel.doctor.findings import Finding
-from dbkeel.settings import DatabaseSettings, _cpu_count
+from dbkeel.settings import POOL_SIZE_DEFAULT_RANGE, DatabaseSettings, _cpu_count
 
 if TYPE_CHECKING:
     from dbkeel.doctor.findings import DoctorOptions
@@ -18,8 +18,7 @@ __all__ = ["check_settings", "pooled_limits"]
 
 ENV = DatabaseSettings.ENV_NAMES
 _DEFAULT_APP_NAME = "dbkeel"
-#: Upper clamp of settings.default_pool_size() (CPUs x 2, clamped to 4..40).
-_DEFAULT_POOL_SIZE_MAX = 40
+_DEFAULT_POOL_SIZE_MAX = POOL_SIZE_DEFAULT_RANGE[1]
 
 
 def pooled_limits(settings: DatabaseSettings, pool_kwargs: dict[str, object]) -> tuple[int, int]:
