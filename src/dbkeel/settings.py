@@ -24,6 +24,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from dbkeel._settings_errors import describe_validation_error
 from dbkeel.exceptions import ConfigurationError
 
 __all__ = [
@@ -281,7 +282,9 @@ class DatabaseSettings(BaseSettings):
         except ValidationError as exc:
             # `from None`: pydantic's own message repeats the input value, which for
             # DATABASE_URL would print the password in the traceback.
-            raise ConfigurationError(_describe_validation_error(exc)) from None
+            raise ConfigurationError(
+                describe_validation_error(exc, type(self).model_fields, self.ENV_NAMES)
+            ) from None
 
     @model_validator(mode="after")
     def _check_url(self) -> DatabaseSettings:
@@ -414,64 +417,3 @@ def _normalise_url(raw: str) -> str:
     if url.drivername.startswith("postgres+"):
         url = url.set(drivername="postgresql+" + url.drivername.partition("+")[2])
     return url.render_as_string(hide_password=False)
-
-
-def _describe_validation_error(exc: ValidationError) -> str:
-    lines = []
-    for error in exc.errors(include_url=False):
-        loc = error["loc"][0] if error["loc"] else ""
-        name = str(loc)
-        field = name if name in DatabaseSettings.model_fields else _field_for_env(name)
-        env = DatabaseSettings.ENV_NAMES.get(field or "", name)
-        msg = error["msg"].removeprefix("Value error, ")
-        if not field:
-            lines.append(msg)
-            continue
-        if field in _SECRET_FIELDS:
-            # never echo the input: it may hold the password or a key
-            lines.append(f"{env} is invalid: {msg}")
-            continue
-        accepted = _accepted_values(field)
-        shown = error.get("input")
-        value = f" = {shown!r}" if shown is not None and error["type"] != "missing" else ""
-        lines.append(f"{env}{value} is invalid: {msg}. Accepted: {accepted}.")
-    return "Invalid database settings:\n  " + "\n  ".join(lines)
-
-
-_SECRET_FIELDS = {"database_url", "encryption_keys", "blind_index_key"}
-
-
-def _field_for_env(env: str) -> str | None:
-    for field, name in DatabaseSettings.ENV_NAMES.items():
-        if name.lower() == env.lower():
-            return field
-    return None
-
-
-def _accepted_values(field: str) -> str:
-    info = DatabaseSettings.model_fields[field]
-    annotation = str(info.annotation)
-    if "Literal" in annotation:
-        import typing
-
-        args: list[str] = []
-        for arg in typing.get_args(info.annotation):
-            args.extend(repr(a) for a in typing.get_args(arg) if a is not None)
-            if arg is type(None):
-                args.append("unset")
-        literal = typing.get_args(info.annotation)
-        if literal and all(isinstance(a, str) for a in literal):
-            args = [repr(a) for a in literal]
-        return ", ".join(args)
-    bounds = []
-    for meta in info.metadata:
-        for attr, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
-            bound = getattr(meta, attr, None)
-            if bound is not None:
-                bounds.append(f"{sign} {bound}")
-    if "bool" in annotation:
-        return "true or false (1/0, yes/no, on/off)"
-    kind = "a number of seconds" if "float" in annotation else "an integer"
-    if "int" in annotation and "float" not in annotation:
-        kind = "an integer"
-    return f"{kind} {' and '.join(bounds)}".strip()
