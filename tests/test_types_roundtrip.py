@@ -14,7 +14,7 @@ from sqlalchemy import Column, Integer, MetaData, Table, delete, insert, select
 
 from dbkeel import DatabaseManager, InvalidValueError
 from dbkeel.types import ArrayType, JSONBType, StringArray, UTCDateTime, UUIDType, uuid7
-from tests.conftest import CreateTables
+from tests.conftest import CreateTables, make_settings
 
 metadata = MetaData()
 things = Table(
@@ -146,6 +146,40 @@ async def test_contains_on_every_database(db: DatabaseManager, create_tables: Cr
         assert await pks(things.c.tags.contains_any([])) == []
         assert await pks(things.c.nums.contains_any([2, 3])) == [1, 2]
         assert await pks(things.c.nums.contains_all([1, 3])) == []
+
+
+@pytest.mark.parametrize("version", [(10, 6, 21), (10, 11, 9)], ids=["10.6", "10.11"])
+async def test_contains_any_on_mariadb_before_and_after_json_overlaps(
+    mariadb_url: str, create_tables: CreateTables, version: tuple[int, ...]
+) -> None:
+    # JSON_OVERLAPS exists from MariaDB 10.9; dbkeel supports 10.6. The 10.11 test
+    # server runs the SQL compiled for each version: a fresh engine per version, as the
+    # compiled cache is keyed by statement, not by server version.
+    async with DatabaseManager(make_settings(mariadb_url)) as db:
+        await create_tables(db, metadata)
+        db.engine.dialect.server_version_info = version
+        condition = things.c.tags.contains_any(["c", "1", "zz"])
+        sql = str(select(things.c.pk).where(condition).compile(dialect=db.engine.dialect))
+        assert ("JSON_OVERLAPS" in sql) is (version >= (10, 9))
+        assert ("JSON_TABLE" in sql) is (version < (10, 9))
+        rows = [
+            {"pk": 1, "tags": ["a", "b"], "nums": [1, 2]},
+            {"pk": 2, "tags": ["B", "c"], "nums": [3]},
+            {"pk": 3, "tags": [], "nums": []},
+            {"pk": 4, "tags": None, "nums": None},
+            {"pk": 5, "tags": ["1"], "nums": [10]},
+        ]
+        async with db.get_session() as session:
+            await session.execute(insert(things), rows)
+
+            async def pks(condition: Any) -> list[int]:
+                found = await session.scalars(select(things.c.pk).where(condition))
+                return sorted(found.all())
+
+            assert await pks(condition) == [2, 5]
+            assert await pks(things.c.tags.contains_any(["zz"])) == []
+            assert await pks(things.c.nums.contains_any([2, 3])) == [1, 2]
+            assert await pks(things.c.nums.contains_any([1])) == [1]  # not 10, not "1"
 
 
 json_values = st.recursive(

@@ -5,7 +5,8 @@ database     column                 ``contains_all`` / ``contains_any``
 ============ ====================== ====================================================
 PostgreSQL   ``item[]`` (``ARRAY``) ``@>`` / ``&&`` (GIN-indexable)
 SQLite       ``JSON`` array         ``json_each`` sub-selects
-MariaDB      ``JSON`` array         ``JSON_CONTAINS`` / ``JSON_OVERLAPS``
+MariaDB      ``JSON`` array         ``JSON_CONTAINS`` / ``JSON_OVERLAPS`` (>= 10.9;
+                                    ``JSON_TABLE`` + ``JSON_CONTAINS`` on 10.6-10.8)
 ============ ====================== ====================================================
 
 Items are str, int, float or bool (the scalars both ARRAY and JSON hold the same way);
@@ -260,9 +261,30 @@ def _compile_sqlite(element: ArrayContains, compiler: SQLCompiler, **kw: Any) ->
     )
 
 
+#: First versions with ``JSON_OVERLAPS`` (dbkeel supports MariaDB from 10.6).
+_JSON_OVERLAPS_SINCE = {"mariadb": (10, 9), "mysql": (8, 0, 17)}
+
+
+def _has_json_overlaps(dialect: Dialect) -> bool:
+    version = dialect.server_version_info
+    since = _JSON_OVERLAPS_SINCE["mariadb" if getattr(dialect, "is_mariadb", False) else "mysql"]
+    return version is not None and tuple(version[: len(since)]) >= since
+
+
 @compiles(ArrayContains, "mysql")
 @compiles(ArrayContains, "mariadb")
 def _compile_mysql(element: ArrayContains, compiler: SQLCompiler, **kw: Any) -> str:
-    function = "JSON_CONTAINS" if element.mode == "all" else "JSON_OVERLAPS"
     column = compiler.process(element.column, **kw)
-    return f"({function}({column}, {compiler.process(element.values, **kw)}) = 1)"
+    values = compiler.process(element.values, **kw)
+    if element.mode == "all":
+        return f"(JSON_CONTAINS({column}, {values}) = 1)"
+    if _has_json_overlaps(compiler.dialect):
+        return f"(JSON_OVERLAPS({column}, {values}) = 1)"
+    # MariaDB 10.6-10.8: one row per wanted item (JSON_TABLE exists since 10.6), each
+    # item taken back out of the list as JSON so that 1, "1" and true stay distinct.
+    again = compiler.process(element.values, **kw)
+    return (
+        f"(EXISTS (SELECT 1 FROM JSON_TABLE({values}, '$[*]' COLUMNS (dbkeel_i FOR "
+        f"ORDINALITY)) AS dbkeel_w WHERE JSON_CONTAINS({column}, JSON_EXTRACT({again}, "
+        f"CONCAT('$[', dbkeel_w.dbkeel_i - 1, ']'))) = 1))"
+    )
