@@ -3,6 +3,8 @@
 1. Bind + result processing per value, on the PostgreSQL (asyncpg) and SQLite dialects:
    the processors SQLAlchemy runs for each parameter and each fetched value.
 2. A 10k-row insert + select on PostgreSQL through the same engine, one table per side.
+3. Loading rows with a nested JSON document through the ORM on PostgreSQL: dbkeel's
+   tracked ``JSONBType`` against ``MutableDict.as_mutable(JSONB)`` and plain ``JSONB``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from typing import Any
 from sqlalchemy import JSON, Column, DateTime, Integer, MetaData, String, Table, Uuid, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy.ext.mutable import MutableDict
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeEngine
 
 from benchmarks._harness import PG_URL, compare
@@ -22,6 +26,9 @@ from dbkeel.types import JSONBType, StringArray, UTCDateTime, UUIDType, uuid7
 
 VALUES = 20_000
 ROWS = 10_000
+ORM_ROWS = 2_000
+#: 50 keys, each holding nested dicts and lists (~3 kB of JSON)
+NESTED_DOC = {f"k{i}": {"a": [1, 2, {"b": "c"}], "n": {"x": i, "y": [i, i]}} for i in range(50)}
 NOW = dt.datetime.now(dt.UTC)
 SAMPLES: dict[str, Any] = {
     "uuid": uuid7(),
@@ -128,4 +135,59 @@ async def main() -> None:
     )
     async with engine.begin() as conn:
         await conn.run_sync(metadata.drop_all)
+    await orm_load(engine)
     await engine.dispose()
+
+
+class OrmBase(DeclarativeBase):
+    pass
+
+
+class PlainDoc(OrmBase):
+    __tablename__ = "bench_types_orm_plain"
+    pk: Mapped[int] = mapped_column(primary_key=True)
+    doc: Mapped[dict[str, Any]] = mapped_column(JSONB)
+
+
+class MutableDoc(OrmBase):
+    __tablename__ = "bench_types_orm_mutable"
+    pk: Mapped[int] = mapped_column(primary_key=True)
+    doc: Mapped[dict[str, Any]] = mapped_column(MutableDict.as_mutable(JSONB))
+
+
+class DbkeelDoc(OrmBase):
+    __tablename__ = "bench_types_orm_dbkeel"
+    pk: Mapped[int] = mapped_column(primary_key=True)
+    doc: Mapped[dict[str, Any]] = mapped_column(JSONBType)
+
+
+async def orm_load(engine: AsyncEngine) -> None:
+    """Section 3: what in-place tracking costs when rows are only loaded."""
+    models: dict[str, type[PlainDoc | MutableDoc | DbkeelDoc]] = {
+        "plain JSONB": PlainDoc,
+        "JSONB + MutableDict": MutableDoc,
+        "dbkeel JSONBType": DbkeelDoc,
+    }
+    async with engine.begin() as conn:
+        await conn.run_sync(OrmBase.metadata.drop_all)
+        await conn.run_sync(OrmBase.metadata.create_all)
+        for model in models.values():
+            rows = [{"pk": i, "doc": NESTED_DOC} for i in range(ORM_ROWS)]
+            await conn.execute(model.__table__.insert(), rows)  # type: ignore[attr-defined]
+
+    def load(model: type[PlainDoc | MutableDoc | DbkeelDoc]) -> Any:
+        async def run() -> int:
+            async with AsyncSession(engine) as session:
+                loaded = (await session.scalars(select(model))).all()
+            return len(loaded)
+
+        return run
+
+    await compare(
+        f"types: ORM load of {ORM_ROWS} rows with a 50-key nested JSON document, PostgreSQL",
+        {name: load(model) for name, model in models.items()},
+        baseline="plain JSONB",
+        goal="dbkeel tracks nested in-place edits; MutableDict tracks the top level only",
+    )
+    async with engine.begin() as conn:
+        await conn.run_sync(OrmBase.metadata.drop_all)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy.exc
-from sqlalchemy import String, func, insert, select
+from sqlalchemy import String, event, func, insert, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, MappedAsDataclass, mapped_column
 
 from dbkeel import DatabaseManager, InvalidValueError
@@ -127,6 +127,111 @@ def test_assigning_a_bad_value_fails_on_that_line_naming_the_column() -> None:
     assert user.id == uuid.UUID("0190b6a4-7c3e-7d4a-9f1e-3c2b1a0d9e8f")
 
 
-def test_statement_errors_keep_the_invalid_value_error() -> None:
-    assert issubclass(InvalidValueError, ValueError)
-    assert not issubclass(InvalidValueError, sqlalchemy.exc.StatementError)
+async def test_a_value_refused_at_flush_raises_invalid_value_error_itself(
+    db: DatabaseManager, create_tables: CreateTables
+) -> None:
+    # SQLAlchemy wraps errors of bind processors in StatementError (whose message lists
+    # every parameter); the session hands back the InvalidValueError, a ValueError.
+    await create_tables(db, Base.metadata)
+    with pytest.raises(ValueError, match=r"'types_users.settings'.*not JSON serializable") as info:
+        async with db.get_session() as session:
+            session.add(User(id=uuid7(), name="x", settings={"when": object()}, tags=[]))
+    assert type(info.value) is InvalidValueError
+    assert info.value.column == "types_users.settings"
+    assert isinstance(info.value.__cause__, sqlalchemy.exc.StatementError)
+
+
+def _user_row(name: str, **values: Any) -> dict[str, Any]:
+    row = {"id": uuid7(), "name": name, "settings": {}, "tags": [], "created": NOW}
+    row.update(values)
+    return row
+
+
+NOW = dt.datetime.now(dt.UTC)
+
+
+@pytest.mark.parametrize("problem", ["duplicate key", "not null"])
+async def test_database_rejecting_a_row_in_a_later_batch_leaves_the_table_unchanged(
+    db: DatabaseManager, create_tables: CreateTables, problem: str
+) -> None:
+    # insertmanyvalues sends 1000 rows a statement: the first batch reaches the database
+    # and succeeds before the database refuses row 1500; the transaction must undo it.
+    await create_tables(db, Base.metadata)
+    existing = _user_row("existing")
+    async with db.get_session() as session:
+        await session.execute(insert(User), [existing])
+    rows = [_user_row(f"u{i}") for i in range(1600)]
+    if problem == "duplicate key":
+        rows[1500]["id"] = existing["id"]
+    else:
+        rows[1500]["name"] = None
+    inserts: list[int] = []
+
+    def count_inserts(conn: Any, cursor: Any, statement: str, params: Any, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("INSERT"):
+            inserts.append(len(params) if isinstance(params, list) else 1)
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", count_inserts)
+    # IntegrityError; MariaDB reports a missing NOT NULL value as OperationalError 1364
+    with pytest.raises(sqlalchemy.exc.DBAPIError, match=r"types_users|name|Duplicate|UNIQUE"):
+        async with db.get_session() as session:
+            await session.execute(insert(User), rows)
+    event.remove(db.engine.sync_engine, "before_cursor_execute", count_inserts)
+    assert sum(inserts) >= 1000, inserts  # the rows before the bad one were sent
+    async with db.get_session() as session:
+        names = (await session.scalars(select(User.name))).all()
+    assert names == ["existing"]
+
+
+async def test_nested_edits_of_a_lazily_wrapped_document_are_saved(
+    db: DatabaseManager, create_tables: CreateTables
+) -> None:
+    await create_tables(db, Base.metadata)
+    doc = {"a": {"b": {"c": [1, {"d": 1}]}}, "rows": [{"x": 1}, [1]], "m": {"k": {"v": 1}}}
+    user = _user_row("ada", settings=doc, tags=["t"])
+    async with db.get_session() as session:
+        await session.execute(insert(User), [user])
+
+    async with db.get_session() as session:
+        ada = await session.get_one(User, user["id"])
+        assert type(dict.__getitem__(ada.settings, "a")) is dict  # not wrapped until read
+        ada.settings["a"]["b"]["c"][1]["d"] = 2  # four levels down, each wrapped on access
+        for item in ada.settings["rows"]:  # through iteration
+            if isinstance(item, dict):
+                item["x"] = 2
+            else:
+                item.append(2)
+        for inner in ada.settings.get("m", {}).values():  # through .get and .values()
+            inner["v"] = 2
+
+    async with db.get_session() as session:
+        ada = await session.get_one(User, user["id"])
+        assert ada.settings == {
+            "a": {"b": {"c": [1, {"d": 2}]}},
+            "rows": [{"x": 2}, [1, 2]],
+            "m": {"k": {"v": 2}},
+        }
+
+
+async def test_a_loaded_document_that_is_only_read_is_not_written_back(
+    db: DatabaseManager, create_tables: CreateTables
+) -> None:
+    await create_tables(db, Base.metadata)
+    user = _user_row("ada", settings={"a": {"b": [1, {"c": 2}]}}, tags=["t", "u"])
+    async with db.get_session() as session:
+        await session.execute(insert(User), [user])
+    statements: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", record)
+    async with db.get_session() as session:
+        ada = await session.get_one(User, user["id"])
+        assert ada.settings["a"]["b"][1]["c"] == 2  # reading wraps lazily ...
+        assert [list(v) for v in ada.settings.values()] == [["b"]]
+        assert list(ada.tags) == ["t", "u"]
+        assert not session.is_modified(ada)  # ... and is not a change
+    event.remove(db.engine.sync_engine, "before_cursor_execute", record)
+    assert statements
+    assert not [s for s in statements if s.lstrip().upper().startswith("UPDATE")]

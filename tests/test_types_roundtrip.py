@@ -10,11 +10,13 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Column, Integer, MetaData, Table, delete, insert, select
+from sqlalchemy import Column, Integer, MetaData, Table, delete, insert, select, text
+from sqlalchemy.dialects import postgresql, sqlite
 
 from dbkeel import DatabaseManager, InvalidValueError
 from dbkeel.types import ArrayType, JSONBType, StringArray, UTCDateTime, UUIDType, uuid7
-from tests.conftest import CreateTables
+from tests import conftest
+from tests.conftest import CreateTables, make_settings
 
 metadata = MetaData()
 things = Table(
@@ -148,6 +150,40 @@ async def test_contains_on_every_database(db: DatabaseManager, create_tables: Cr
         assert await pks(things.c.nums.contains_all([1, 3])) == []
 
 
+@pytest.mark.parametrize("version", [(10, 6, 21), (10, 11, 9)], ids=["10.6", "10.11"])
+async def test_contains_any_on_mariadb_before_and_after_json_overlaps(
+    mariadb_url: str, create_tables: CreateTables, version: tuple[int, ...]
+) -> None:
+    # JSON_OVERLAPS exists from MariaDB 10.9; dbkeel supports 10.6. The 10.11 test
+    # server runs the SQL compiled for each version: a fresh engine per version, as the
+    # compiled cache is keyed by statement, not by server version.
+    async with DatabaseManager(make_settings(mariadb_url)) as db:
+        await create_tables(db, metadata)
+        db.engine.dialect.server_version_info = version
+        condition = things.c.tags.contains_any(["c", "1", "zz"])
+        sql = str(select(things.c.pk).where(condition).compile(dialect=db.engine.dialect))
+        assert ("JSON_OVERLAPS" in sql) is (version >= (10, 9))
+        assert ("JSON_TABLE" in sql) is (version < (10, 9))
+        rows = [
+            {"pk": 1, "tags": ["a", "b"], "nums": [1, 2]},
+            {"pk": 2, "tags": ["B", "c"], "nums": [3]},
+            {"pk": 3, "tags": [], "nums": []},
+            {"pk": 4, "tags": None, "nums": None},
+            {"pk": 5, "tags": ["1"], "nums": [10]},
+        ]
+        async with db.get_session() as session:
+            await session.execute(insert(things), rows)
+
+            async def pks(condition: Any) -> list[int]:
+                found = await session.scalars(select(things.c.pk).where(condition))
+                return sorted(found.all())
+
+            assert await pks(condition) == [2, 5]
+            assert await pks(things.c.tags.contains_any(["zz"])) == []
+            assert await pks(things.c.nums.contains_any([2, 3])) == [1, 2]
+            assert await pks(things.c.nums.contains_any([1])) == [1]  # not 10, not "1"
+
+
 json_values = st.recursive(
     st.none()
     | st.booleans()
@@ -183,3 +219,47 @@ async def test_any_json_document_and_string_list_round_trips(
         doc = {"null": None}  # Python None is SQL NULL, tested above
     row = await roundtrip(db, doc=doc, tags=tags)
     assert (row.doc, row.tags) == (doc, tags)
+
+
+@pytest.mark.parametrize("dialect", [postgresql.asyncpg.dialect(), sqlite.aiosqlite.dialect()])
+def test_list_bind_fast_path_accepts_and_refuses_what_the_full_check_does(dialect: Any) -> None:
+    table = Table("types_short", MetaData(), Column("tags", StringArray(3)))
+    bind = table.c.tags.type._cached_bind_processor(dialect)
+
+    class Tag(str):
+        pass
+
+    for good in (["a", "abc"], [], ("a", "b"), [Tag("x")]):
+        assert bind(good) is not None
+    for bad, match in (
+        (["a", "abcd"], r"'types_short.tags'.*item 1 is str 'abcd'.*at most 3"),
+        (["a", 1], r"'types_short.tags'.*item 1 is int"),
+        (["a", None], r"item 1 is NoneType"),
+        ("abc", r"not a list"),
+    ):
+        with pytest.raises(InvalidValueError, match=match):
+            bind(bad)
+
+
+async def test_sqlite_datetimes_written_by_other_programs_read_as_utc(
+    test_databases: conftest.TestDatabases, create_tables: CreateTables
+) -> None:
+    # SQLite keeps datetimes as text; other writers may add a zone or a "T"
+    async with DatabaseManager(make_settings(test_databases.url("sqlite"))) as db:
+        await create_tables(db, metadata)
+        written = [
+            "2024-05-06 07:08:09.123456",  # dbkeel's / SQLAlchemy's own form
+            "2024-05-06 07:08:09",
+            "2024-05-06T09:08:09+02:00",
+            "2024-05-06T07:08:09Z",
+        ]
+        async with db.get_session() as session:
+            for pk, text_value in enumerate(written):
+                await session.execute(
+                    text("INSERT INTO types_things (pk, at) VALUES (:pk, :at)"),
+                    {"pk": pk, "at": text_value},
+                )
+            found = (await session.scalars(select(things.c.at).order_by(things.c.pk))).all()
+    expected = dt.datetime(2024, 5, 6, 7, 8, 9, tzinfo=dt.UTC)
+    assert found == [expected.replace(microsecond=123456), expected, expected, expected]
+    assert all(value.tzinfo is dt.UTC for value in found)

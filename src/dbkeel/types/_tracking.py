@@ -5,6 +5,12 @@ mutates the loaded dict and is silently lost (its ``MutableDict`` tracks one lev
 Here every dict and list of a tracked value is wrapped - nested ones too - and each
 wrapper points at its root, which flags the owning attribute modified on any change.
 
+Wrapping is lazy: loading a row wraps only the root (a shallow copy in C); a nested
+dict or list is wrapped, and stored back in its parent, the first time it is handed
+out (``doc["a"]``, ``.get``, ``.values()``, ``.items()``, iteration). A nested value can
+only be changed through something handed out, so every change still reaches the root,
+and a document that is only read costs one shallow copy instead of a copy of all of it.
+
 For every column whose type is a dbkeel ``PortableType``, a ``set`` listener also runs
 the type's ``coerce_set`` check, so ``user.id = "nonsense"`` fails on that line, naming
 the column, instead of at the next flush.
@@ -45,30 +51,68 @@ class _Tracked:
 
 
 def _plain(value: Any) -> Any:
+    # dict.items / list.copy: the raw items, without wrapping them on the way
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
+        return {k: _plain(v) for k, v in dict.items(value)}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in (list.copy(value) if isinstance(value, list) else value)]
     return value
 
 
 def _wrap(value: Any, root: _Tracked | None) -> Any:
-    """*value* with every dict and list replaced by a tracked one sharing *root*."""
+    """*value* as a tracked container sharing *root* (itself if None); its items as they are.
+
+    Only this level is copied: nested containers are wrapped by ``_lazy`` when handed out.
+    """
     if isinstance(value, dict):
         tracked_dict = TrackedDict()
+        dict.update(tracked_dict, value)  # C copy; a TrackedDict source is not re-wrapped
         tracked_dict._root = tracked_dict if root is None else root
-        dict.update(tracked_dict, {k: _wrap(v, tracked_dict._root) for k, v in value.items()})
         return tracked_dict
-    if isinstance(value, list | tuple) and not isinstance(value, str):
-        tracked_list = TrackedList()
+    if isinstance(value, list | tuple):
+        tracked_list = TrackedList(list.copy(value) if isinstance(value, list) else value)
         tracked_list._root = tracked_list if root is None else root
-        list.extend(tracked_list, [_wrap(v, tracked_list._root) for v in value])
         return tracked_list
+    return value
+
+
+def _lazy(value: Any, root: _Tracked) -> Any:
+    """*value*, about to be handed out of a container of *root*, wrapped if it is not yet."""
+    if isinstance(value, _Tracked):
+        # a tracked container of another root (copied in by _wrap) must not report there
+        return value if value._root is root else _wrap(value, root)
+    if isinstance(value, dict | list | tuple):
+        return _wrap(value, root)
     return value
 
 
 class TrackedDict(_Tracked, dict[Any, Any]):
     """A dict that reports in-place changes (its own and nested) to its ORM attribute."""
+
+    def __getitem__(self, key: Any) -> Any:
+        value = dict.__getitem__(self, key)
+        wrapped = _lazy(value, self._root)
+        if wrapped is not value:
+            dict.__setitem__(self, key, wrapped)  # wrapped once; not a change
+        return wrapped
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self[key] if key in self else default  # noqa: SIM401 (this is .get)
+
+    def _wrap_all(self) -> None:
+        root = self._root
+        for key, value in list(dict.items(self)):
+            wrapped = _lazy(value, root)
+            if wrapped is not value:
+                dict.__setitem__(self, key, wrapped)
+
+    def values(self) -> Any:
+        self._wrap_all()
+        return dict.values(self)
+
+    def items(self) -> Any:
+        self._wrap_all()
+        return dict.items(self)
 
     def __setitem__(self, key: Any, value: Any) -> None:
         dict.__setitem__(self, key, _wrap(value, self._root))
@@ -88,10 +132,9 @@ class TrackedDict(_Tracked, dict[Any, Any]):
         self.changed()
 
     def setdefault(self, key: Any, default: Any = None) -> Any:
-        if key in self:
-            return dict.__getitem__(self, key)
-        self[key] = default
-        return dict.__getitem__(self, key)
+        if key not in self:
+            self[key] = default
+        return self[key]
 
     def pop(self, *args: Any) -> Any:
         result = dict.pop(self, *args)
@@ -110,6 +153,31 @@ class TrackedDict(_Tracked, dict[Any, Any]):
 
 class TrackedList(_Tracked, list[Any]):
     """A list that reports in-place changes (its own and nested) to its ORM attribute."""
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            self._wrap_all()
+            return list.__getitem__(self, index)
+        value = list.__getitem__(self, index)
+        wrapped = _lazy(value, self._root)
+        if wrapped is not value:
+            list.__setitem__(self, index, wrapped)  # wrapped once; not a change
+        return wrapped
+
+    def _wrap_all(self) -> None:
+        root = self._root
+        for index, value in enumerate(list.copy(self)):
+            wrapped = _lazy(value, root)
+            if wrapped is not value:
+                list.__setitem__(self, index, wrapped)
+
+    def __iter__(self) -> Any:
+        self._wrap_all()
+        return list.__iter__(self)
+
+    def __reversed__(self) -> Any:
+        self._wrap_all()
+        return list.__reversed__(self)
 
     def __setitem__(self, index: Any, value: Any) -> None:
         wrapped = (

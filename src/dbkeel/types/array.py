@@ -5,7 +5,8 @@ database     column                 ``contains_all`` / ``contains_any``
 ============ ====================== ====================================================
 PostgreSQL   ``item[]`` (``ARRAY``) ``@>`` / ``&&`` (GIN-indexable)
 SQLite       ``JSON`` array         ``json_each`` sub-selects
-MariaDB      ``JSON`` array         ``JSON_CONTAINS`` / ``JSON_OVERLAPS``
+MariaDB      ``JSON`` array         ``JSON_CONTAINS`` / ``JSON_OVERLAPS`` (>= 10.9;
+                                    ``JSON_TABLE`` + ``JSON_CONTAINS`` on 10.6-10.8)
 ============ ====================== ====================================================
 
 Items are str, int, float or bool (the scalars both ARRAY and JSON hold the same way);
@@ -138,8 +139,38 @@ class ArrayType(PortableType[list[Any]]):
             return list(value)
         return make_encoder(None)(list(value))
 
+    def fast_check(self) -> Callable[[Any], Any]:
+        """``check`` with a fast path for the usual value: a list of exactly-typed items.
+
+        Anything the fast path does not accept goes through ``check``, which raises the
+        error naming the column and the offending item.
+        """
+        slow, max_length, exact = self.check, self._max_length, self._exact
+        if self._classes == (str,):
+            join = "".join
+
+            def check_strings(value: Any) -> Any:
+                if value.__class__ is list:
+                    try:
+                        join(value)  # one C loop; TypeError at the first item not a str
+                    except TypeError:
+                        return slow(value)
+                    if max_length is None or not value or max(map(len, value)) <= max_length:
+                        return value
+                return slow(value)
+
+            return check_strings
+
+        def check_items(value: Any) -> Any:
+            if value.__class__ is list and set(map(type, value)) <= exact:
+                return value
+            return slow(value)
+
+        return check_items
+
     def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any]:
-        check = self.check
+        # One closure per dialect, with the item check inlined (bench_types per value).
+        check = self.fast_check()
         if dialect.name == "postgresql":
 
             def bind_array(value: Any) -> Any:
@@ -260,9 +291,30 @@ def _compile_sqlite(element: ArrayContains, compiler: SQLCompiler, **kw: Any) ->
     )
 
 
+#: First versions with ``JSON_OVERLAPS`` (dbkeel supports MariaDB from 10.6).
+_JSON_OVERLAPS_SINCE = {"mariadb": (10, 9), "mysql": (8, 0, 17)}
+
+
+def _has_json_overlaps(dialect: Dialect) -> bool:
+    version = dialect.server_version_info
+    since = _JSON_OVERLAPS_SINCE["mariadb" if getattr(dialect, "is_mariadb", False) else "mysql"]
+    return version is not None and tuple(version[: len(since)]) >= since
+
+
 @compiles(ArrayContains, "mysql")
 @compiles(ArrayContains, "mariadb")
 def _compile_mysql(element: ArrayContains, compiler: SQLCompiler, **kw: Any) -> str:
-    function = "JSON_CONTAINS" if element.mode == "all" else "JSON_OVERLAPS"
     column = compiler.process(element.column, **kw)
-    return f"({function}({column}, {compiler.process(element.values, **kw)}) = 1)"
+    values = compiler.process(element.values, **kw)
+    if element.mode == "all":
+        return f"(JSON_CONTAINS({column}, {values}) = 1)"
+    if _has_json_overlaps(compiler.dialect):
+        return f"(JSON_OVERLAPS({column}, {values}) = 1)"
+    # MariaDB 10.6-10.8: one row per wanted item (JSON_TABLE exists since 10.6), each
+    # item taken back out of the list as JSON so that 1, "1" and true stay distinct.
+    again = compiler.process(element.values, **kw)
+    return (
+        f"(EXISTS (SELECT 1 FROM JSON_TABLE({values}, '$[*]' COLUMNS (dbkeel_i FOR "
+        f"ORDINALITY)) AS dbkeel_w WHERE JSON_CONTAINS({column}, JSON_EXTRACT({again}, "
+        f"CONCAT('$[', dbkeel_w.dbkeel_i - 1, ']'))) = 1))"
+    )

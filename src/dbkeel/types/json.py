@@ -67,8 +67,9 @@ class JSONBType(PortableType[Any]):
     """A JSON document column: ``JSONB`` on PostgreSQL, ``JSON`` on SQLite and MariaDB.
 
     In-place changes - ``user.settings["theme"] = "dark"``, nested ones too - are saved
-    on the next flush. That costs a wrapper per dict/list when a row is loaded or a value
-    assigned; pass ``mutable=False`` to skip it and assign a new value to save a change.
+    on the next flush. That costs a wrapper around the document when a row is loaded or
+    a value assigned, and one per nested dict/list when first read through it; pass
+    ``mutable=False`` to skip it and assign a new value to save a change.
 
     ``encoder`` is called for each value ``json`` cannot write (like ``json.dumps``'s
     ``default``); the default, :func:`json_default`, handles datetimes, decimals, UUIDs,
