@@ -24,7 +24,6 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from sqlalchemy import bindparam, false
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import CompileError
 from sqlalchemy.ext.compiler import compiles
@@ -100,6 +99,10 @@ class ArrayType(PortableType[list[Any]]):
 
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
         if dialect.name == "postgresql":
+            # imported here: only a PostgreSQL engine (which loaded it) gets here,
+            # and `import dbkeel` stays free of the PostgreSQL dialect
+            from sqlalchemy.dialects.postgresql import ARRAY
+
             return dialect.type_descriptor(ARRAY(self.item_type))
         return dialect.type_descriptor(JSON(none_as_null=True))
 
