@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -136,6 +138,24 @@ def make_settings(url: str, **overrides: Any) -> DatabaseSettings:
     }
     values.update(overrides)
     return DatabaseSettings(**values)
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m dbkeel`` as a user would: a subprocess, no DATABASE_* leaking in."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("DATABASE_")}
+    base.pop("ENVIRONMENT", None)
+    base.update({"COLUMNS": "200", "NO_COLOR": "1", "DBKEEL_DEMO_BULK_ROWS": "3000"})
+    base.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "dbkeel", *args],
+        env=base,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.fixture

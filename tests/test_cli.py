@@ -2,31 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import run_cli
+
 SECRET = "cli-Pa55-never-shown"
-
-
-def run_cli(
-    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
-) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("DATABASE_")}
-    base.pop("ENVIRONMENT", None)
-    base.update({"COLUMNS": "200", "NO_COLOR": "1", "DBKEEL_DEMO_BULK_ROWS": "3000"})
-    base.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "dbkeel", *args],
-        env=base,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def test_help_lists_the_commands() -> None:

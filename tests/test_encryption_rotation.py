@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,6 +17,7 @@ from dbkeel.encryption import KeyRing, rotate_keys
 from dbkeel.exceptions import ConfigurationError
 from tests import encryption_support as support
 from tests.conftest import CreateTables
+from tests.conftest import run_cli as cli
 from tests.encryption_support import B64, KEY1, KEY2, key_settings
 
 forget_test_columns = support.forget_test_columns
@@ -174,16 +173,8 @@ accounts = Table("rot_accounts", metadata, Column("id", Integer, primary_key=Tru
 
 
 def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("DATABASE_")}
-    base.update({"COLUMNS": "200", "NO_COLOR": "1", "PYTHONPATH": str(cwd), **env})
-    return subprocess.run(
-        [sys.executable, "-m", "dbkeel", *args],
-        env=base,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    # the models module written into cwd must be importable by the subprocess
+    return cli(*args, env={"PYTHONPATH": str(cwd), **env}, cwd=cwd)
 
 
 def test_keys_generate_prints_one_usable_line(tmp_path: Path) -> None:
