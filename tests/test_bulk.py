@@ -41,7 +41,7 @@ from dbkeel import (
 )
 from dbkeel.mixins import SoftDeleteMixin, TimestampMixin, VersionMixin
 from dbkeel.types import EncryptedType, JSONBType, StringArray, UTCDateTime, UUIDType, uuid7
-from tests.conftest import CreateTables
+from tests.conftest import CreateTables, make_settings
 from tests.encryption_support import forget_test_columns as forget_test_columns  # autouse
 from tests.encryption_support import key_settings
 
@@ -524,3 +524,146 @@ async def test_copy_encrypts_like_session_add(pg_url: str, create_tables: Create
             with pytest.raises(BulkRowError) as caught:
                 await bulk_insert(session, Card, [{"id": 4, "number": 4111111}], method="copy")
         assert "4111111" not in str(caught.value)
+
+
+async def test_copy_refusal_in_a_later_batch_discards_the_whole_copy(
+    pg_tables: DatabaseManager,
+) -> None:
+    # Batches 0-2 are already streamed when row 35 is refused: COPY is aborted mid-way.
+    rows: list[dict[str, Any]] = [{"name": f"n{i}"} for i in range(50)]
+    rows[35]["seen_at"] = dt.datetime(2026, 1, 1)  # naive: refused
+    async with pg_tables.get_session() as session:
+        session.add(Thing(name="before"))
+        await session.flush()
+        with pytest.raises(BulkRowError, match=r"^row 35 of the Thing") as caught:
+            await bulk_insert(session, Thing, rows, batch_size=10, method="copy")
+        assert caught.value.column == "seen_at"
+        # the aborted COPY left the connection usable, in the same transaction
+        assert await session.scalar(select(func.count()).select_from(Thing)) == 1
+        session.add(Thing(name="after"))
+    assert sorted(t.name for t in await _all(pg_tables)) == ["after", "before"]
+
+
+async def test_copy_starts_a_new_copy_when_a_batch_gives_other_columns(
+    pg_tables: DatabaseManager,
+) -> None:
+    # `note` and `seen_at` have no default: a batch that gives them needs another column
+    # list; rows that leave them out get NULL, as with an INSERT.
+    rows: list[dict[str, Any]] = [{"name": f"a{i}"} for i in range(4)]
+    rows += [{"name": f"b{i}", "note": "n", "seen_at": T0} for i in range(4)]
+    rows += [{"name": f"c{i}"} for i in range(3)]
+    progress: list[int] = []
+    async with pg_tables.get_session() as session:
+        count = await bulk_insert(
+            session,
+            Thing,
+            rows,
+            batch_size=4,
+            method="copy",
+            on_progress=lambda sent, _total: progress.append(sent),
+        )
+    assert count == 11
+    assert progress == [4, 8, 11]
+    got = {(t.name, t.note, t.seen_at) for t in await _all(pg_tables)}
+    assert got == {(r["name"], r.get("note"), r.get("seen_at")) for r in rows}
+
+
+@pytest.mark.parametrize("method", ["copy", "insert"])
+async def test_commit_every_keeps_each_chunk_whole(pg_tables: DatabaseManager, method: str) -> None:
+    # Chunks of 6 rows, sent in batches of 3: the duplicate in the second batch of the
+    # second chunk must take that chunk's first batch with it. (A COPY run before the
+    # transaction began would have committed on its own.)
+    taken = uuid.uuid4()
+    async with pg_tables.get_session() as session:
+        session.add(Thing(name="taken", id=taken))
+    rows: list[dict[str, Any]] = [{"name": f"n{i}"} for i in range(12)]
+    rows[10]["id"] = taken
+    async with pg_tables.get_session() as session:
+        with pytest.raises(BulkLoadInterruptedError) as caught:
+            await bulk_insert(
+                session,
+                Thing,
+                rows,
+                batch_size=3,
+                commit_every=6,
+                method=method,  # type: ignore[arg-type]
+            )
+    assert caught.value.rows_committed == 6
+    assert sorted(t.name for t in await _all(pg_tables)) == sorted(
+        ["taken", *(f"n{i}" for i in range(6))]
+    )
+
+
+@pytest.mark.parametrize("method", ["copy", "insert"])
+async def test_cancelled_bulk_insert_leaves_nothing_and_returns_the_connection(
+    pg_url: str, create_tables: CreateTables, method: str
+) -> None:
+    settings = make_settings(pg_url, environment="production", pool_size=2, max_overflow=0)
+    async with DatabaseManager(settings) as db:
+        await create_tables(db, Base.metadata)
+        pool = db.engine.pool
+        halfway = asyncio.Event()
+        keep = []  # referenced, so garbage collection cannot return the connection for us
+
+        async def rows() -> AsyncIterator[dict[str, Any]]:
+            for i in range(100):
+                if i == 50:
+                    halfway.set()
+                    await asyncio.sleep(30)  # cancelled here, mid-load
+                yield {"name": f"n{i}"}
+
+        async def load() -> None:
+            async with db.get_session() as session:
+                keep.append(session)
+                await bulk_insert(session, Thing, rows(), batch_size=10, method=method)  # type: ignore[arg-type]
+
+        task = asyncio.create_task(load())
+        await halfway.wait()
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert pool.checkedout() == 0  # type: ignore[attr-defined]
+        assert await _count(db) == 0
+        async with db.get_session() as session:  # the pool's connections still work
+            assert await bulk_insert(session, Thing, [{"name": "x"}], method=method) == 1  # type: ignore[arg-type]
+        assert pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+async def test_cancelled_load_with_commit_every_keeps_the_committed_chunks(
+    pg_url: str, create_tables: CreateTables
+) -> None:
+    settings = make_settings(pg_url, environment="production", pool_size=2, max_overflow=0)
+    async with DatabaseManager(settings) as db:
+        await create_tables(db, Base.metadata)
+        halfway = asyncio.Event()
+        progress: list[int] = []
+
+        async def rows() -> AsyncIterator[dict[str, Any]]:
+            for i in range(100):
+                if i == 45:
+                    halfway.set()
+                    await asyncio.sleep(30)
+                yield {"name": f"n{i}"}
+
+        async def load() -> None:
+            async with db.get_session() as session:
+                await bulk_insert(
+                    session,
+                    Thing,
+                    rows(),
+                    batch_size=10,
+                    commit_every=20,
+                    on_progress=lambda sent, _total: progress.append(sent),
+                )
+
+        task = asyncio.create_task(load())
+        await halfway.wait()
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # chunks [0, 20) and [20, 40) are committed; rows 40-44 of the third are not
+        assert await _count(db) == 40
+        assert progress[-1] == 40
+        assert db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]

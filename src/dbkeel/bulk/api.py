@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import AsyncIterable, Callable, Iterable, Mapping, Sequence, Sized
 from typing import Any, Literal, overload
 
@@ -12,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapper
 
 from dbkeel._translate import translate_errors
+from dbkeel.bulk.batches import Batches
 from dbkeel.bulk.copy import CopyWriter, copy_refused, copy_unsupported_reason
 from dbkeel.bulk.insert import InsertWriter
 from dbkeel.bulk.prepare import RowPlan
@@ -161,27 +161,6 @@ def _plan(
     return RowPlan(mapper, dialect), dialect.name
 
 
-async def _batches(rows: Rows, size: int) -> Any:
-    if isinstance(rows, Mapping | str | bytes):
-        raise ConfigurationError(
-            f"bulk writes take many rows (a list, an iterable or an async iterable of "
-            f"dicts); got a single {type(rows).__name__}. Wrap one row in a list."
-        )
-    if isinstance(rows, AsyncIterable):
-        batch: list[Any] = []
-        async for row in rows:
-            batch.append(row)
-            if len(batch) >= size:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
-        return
-    iterator = iter(rows)
-    while batch := list(itertools.islice(iterator, size)):
-        yield batch
-
-
 async def _run(
     session: AsyncSession,
     plan: RowPlan,
@@ -192,45 +171,35 @@ async def _run(
     commit_every: int | None,
 ) -> int:
     total = len(rows) if isinstance(rows, Sized) else None
-    if commit_every is not None:
-        batch_size = min(batch_size, commit_every)
+    batches = Batches(rows, min(batch_size, commit_every or batch_size))
     # Objects added with session.add() go first, so that rows referring to them (foreign
     # keys) find them; COPY does not autoflush the way session.execute() does.
     await session.flush()
-    written = committed = 0
-    user_keys: set[str] | None = None
+    sent = 0
 
-    async def write(batch: list[Any]) -> int:
-        nonlocal user_keys
-        if isinstance(writer, CopyWriter):
-            return await writer.write(session, batch, written)  # checks and fills itself
-        mappings = plan.mappings(batch, written)
-        if isinstance(writer, UpsertWriter):
-            if user_keys is None:
-                user_keys = set(batch[0])
-            return await writer.write(session, mappings, written, user_keys)
-        return await writer.write(session, mappings, written)
+    def progress(count: int) -> None:
+        nonlocal sent
+        sent += count
+        if on_progress is not None:
+            on_progress(sent, total)
 
     with translate_errors():
         if commit_every is None:
             # A SAVEPOINT: a failure undoes this call's rows only, whatever the database
             # (MariaDB and SQLite keep earlier statements of a failed transaction).
             async with session.begin_nested():
-                async for batch in _batches(rows, batch_size):
-                    written += await write(batch)
-                    if on_progress is not None:
-                        on_progress(written, total)
-            return written
+                return await writer.write_all(session, batches, progress)
+        committed = 0
         try:
-            async for batch in _batches(rows, batch_size):
-                written += await write(batch)
-                if written - committed >= commit_every:
-                    await session.commit()
-                    committed = written
-                if on_progress is not None:
-                    on_progress(written, total)
-            await session.commit()
-            committed = written
+            while not batches.done:
+                batches.chunk(commit_every)
+                # One SAVEPOINT per chunk: its statement also begins the transaction,
+                # which COPY (sent past SQLAlchemy's cursor) would not do: asyncpg would
+                # run it in autocommit, outside the chunk.
+                async with session.begin_nested():
+                    count = await writer.write_all(session, batches, progress)
+                await session.commit()
+                committed += count
         except Exception as exc:
             await session.rollback()
             raise BulkLoadInterruptedError(
@@ -241,4 +210,4 @@ async def _run(
                 f"{committed}, None).",
                 rows_committed=committed,
             ) from exc
-    return written
+    return committed

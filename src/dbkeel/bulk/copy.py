@@ -4,16 +4,23 @@ COPY is not a SQLAlchemy construct (sqlalchemy #5585, #11710), so it bypasses bi
 processing and Python-side defaults; :mod:`dbkeel.bulk.prepare` applies both first. The
 records go to ``asyncpg.Connection.copy_records_to_table`` on the very connection the
 session holds, so the rows are part of the session's transaction.
+
+One COPY streams every batch (a new one starts only when a batch needs another column
+list): asyncpg sends each 512 KiB of encoded rows as it fills, so PostgreSQL stores one
+part of the load while Python prepares the next - on this path the two take about as
+long, and one COPY per batch would leave each idle while the other works.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from sqlalchemy import cast, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.functions import FunctionElement
 
+from dbkeel.bulk.batches import Batches, Progress
 from dbkeel.bulk.prepare import ColumnPlan, RowPlan
 from dbkeel.exceptions import BulkRowError, ConfigurationError
 
@@ -88,52 +95,74 @@ class CopyWriter:
         plan.processors()
         self.table_name = plan.table.name
         self.schema = plan.table.schema
-        self._records: dict[tuple[str, ...], Any] = {}
+        self._specs: dict[tuple[str, ...], _Spec] = {}
 
-    def _spec_for(self, rows: list[Any]) -> tuple[list[ColumnPlan], Any]:
+    def _prepare(self, rows: list[Any], start: int) -> list[Any]:
+        """*rows* checked; with their Python defaults filled when one reads the row."""
+        plan = self.plan
+        if plan.plain_defaults:
+            plan.check(rows, start)  # defaults are filled by the record function
+            return rows
+        return plan.mappings(rows, start)
+
+    def _spec_for(self, rows: list[Any]) -> _Spec:
         # The column list: what the batch's rows give plus what defaults fill. A column
         # left out is server-filled (PostgreSQL applies its default or identity) or
         # nullable without a default (NULL) - what an INSERT would do.
         given: set[str] = set().union(*rows)
-        spec = [
-            p
+        names = tuple(
+            p.key
             for p in self.plan.columns
             if p.key in given or p.default is not None or p.sql_default is not None
-        ]
-        names = tuple(p.key for p in spec)
-        if names not in self._records:
-            self._records[names] = _record_function(spec)
-        return spec, self._records[names]
+        )
+        spec = self._specs.get(names)
+        if spec is None:
+            columns = [self.plan.by_key[name] for name in names]
+            spec = self._specs[names] = _Spec(names, columns, _record_function(columns))
+        return spec
 
-    async def write(self, session: AsyncSession, rows: list[Any], start: int) -> int:
-        """COPY *rows* (checked and prepared here) into the table; returns the row count."""
-        if not rows:
-            return 0
-        plan = self.plan
-        if plan.plain_defaults:
-            plan.check(rows, start)  # defaults are filled by the record function
-        else:
-            rows = plan.mappings(rows, start)  # a default reads the row: fill them first
-        conn = await session.connection()
-        sql = await self._sql_defaults(session)
-        spec, record = self._spec_for(rows)
+    def _records(
+        self, spec: _Spec, rows: list[Any], start: int, sql: tuple[Any, ...]
+    ) -> list[tuple[Any, ...]]:
+        record = spec.record
         records: list[tuple[Any, ...]] = []
         append = records.append
         for offset, row in enumerate(rows):
             try:
                 append(record(row, sql))
-            except Exception:  # redone slowly below, to name the row and the column
-                append(self._slow_record(spec, row, start + offset, sql))
+            except Exception:  # redone slowly, to name the row and the column
+                append(self._slow_record(spec.columns, row, start + offset, sql))
+        return records
+
+    async def write_all(self, session: AsyncSession, batches: Batches, progress: Progress) -> int:
+        """COPY every batch *batches* hands out into the table; returns the row count.
+
+        A batch is checked and fully prepared before any of its rows is sent, so a
+        refused value in the first batch stops the load before COPY starts; one in a
+        later batch aborts the COPY, whose rows are then all discarded.
+        """
+        first = await batches.anext()
+        if first is None:
+            return 0
+        conn = await session.connection()
+        sql = await self._sql_defaults(session)
         raw = await conn.get_raw_connection()
         driver = raw.driver_connection
         assert driver is not None
-        await driver.copy_records_to_table(
-            self.table_name,
-            records=records,
-            columns=[p.column.name for p in spec],
-            schema_name=self.schema,
-        )
-        return len(records)
+        start, rows = first
+        pending: _Pending | None = _Pending(start, self._prepare(rows, start))
+        written = 0
+        while pending is not None:
+            feed = _Feed(self, batches, pending, sql, progress)
+            await driver.copy_records_to_table(
+                self.table_name,
+                records=feed.stream_async() if batches.is_async else feed.stream(),
+                columns=[p.column.name for p in feed.spec.columns],
+                schema_name=self.schema,
+            )
+            written += feed.written
+            pending = feed.pending
+        return written
 
     async def _sql_defaults(self, session: AsyncSession) -> tuple[Any, ...]:
         # Evaluated in the session's transaction, cast to the column's type so that the
@@ -174,6 +203,87 @@ class CopyWriter:
             row_index=index,
             column=key,
         )
+
+
+class _Spec:
+    """One column list and the record function that fills it."""
+
+    __slots__ = ("columns", "names", "record")
+
+    def __init__(self, names: tuple[str, ...], columns: list[ColumnPlan], record: Any) -> None:
+        self.names = names
+        self.columns = columns
+        self.record = record
+
+
+class _Pending:
+    """A prepared batch waiting for its COPY."""
+
+    __slots__ = ("rows", "start")
+
+    def __init__(self, start: int, rows: list[Any]) -> None:
+        self.start = start
+        self.rows = rows
+
+
+class _Feed:
+    """The records of one COPY: prepared batch after batch, until the input (or the
+    commit chunk) ends or a batch needs another column list (left in ``pending``)."""
+
+    def __init__(
+        self,
+        writer: CopyWriter,
+        batches: Batches,
+        first: _Pending,
+        sql: tuple[Any, ...],
+        progress: Progress,
+    ) -> None:
+        self.writer = writer
+        self.batches = batches
+        self.current: _Pending | None = first
+        self.sql = sql
+        self.progress = progress
+        self.spec = writer._spec_for(first.rows)
+        self.written = 0
+        self.pending: _Pending | None = None
+
+    def _take(self) -> list[tuple[Any, ...]]:
+        batch = self.current
+        assert batch is not None
+        self.current = None
+        return self.writer._records(self.spec, batch.rows, batch.start, self.sql)
+
+    def _sent(self, records: list[tuple[Any, ...]]) -> None:
+        self.written += len(records)
+        self.progress(len(records))
+
+    def _next(self, batch: tuple[int, list[Any]] | None) -> bool:
+        if batch is None:
+            return False
+        start, rows = batch
+        prepared = _Pending(start, self.writer._prepare(rows, start))
+        if self.writer._spec_for(prepared.rows) is not self.spec:
+            self.pending = prepared
+            return False
+        self.current = prepared
+        return True
+
+    def stream(self) -> Iterator[tuple[Any, ...]]:
+        while True:
+            records = self._take()
+            yield from records
+            self._sent(records)
+            if not self._next(self.batches.next()):
+                return
+
+    async def stream_async(self) -> AsyncIterator[tuple[Any, ...]]:
+        while True:
+            records = self._take()
+            for record in records:
+                yield record
+            self._sent(records)
+            if not self._next(await self.batches.anext()):
+                return
 
 
 def copy_refused(reason: str) -> ConfigurationError:

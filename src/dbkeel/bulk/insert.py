@@ -1,8 +1,11 @@
 """The portable path: SQLAlchemy's ``insert(Model)`` with a list ("insertmanyvalues").
 
-SQLAlchemy applies the bind processing itself here; the rows arrive with their Python
-defaults filled by :mod:`dbkeel.bulk.prepare`, and every TypeDecorator has already seen
-each value once so that a refused value stops the load before its batch is sent.
+SQLAlchemy applies the bind processing itself here, to the rows with their Python defaults
+filled by :mod:`dbkeel.bulk.prepare`. It does so for a whole batch before sending any of
+it when the rows share one key set, so a refused value stops the batch unsent; only then
+are the batch's values checked one by one, to name the row and column. A second pass on
+every row would cost as much as the processing itself (encryption, JSON). Rows with
+mixed key sets are checked first (see ``RowPlan.check_values_if_split``).
 """
 
 from __future__ import annotations
@@ -10,8 +13,10 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import insert
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from dbkeel.bulk.batches import Batches, Progress
 from dbkeel.bulk.prepare import RowPlan
 
 __all__ = ["InsertWriter"]
@@ -34,12 +39,30 @@ class InsertWriter:
         self.statement = statement
         self.keys: list[Any] = []
 
+    async def write_all(self, session: AsyncSession, batches: Batches, progress: Progress) -> int:
+        """INSERT every batch *batches* hands out; returns the row count."""
+        written = 0
+        while (batch := await batches.anext()) is not None:
+            start, rows = batch
+            written += await self.write(session, self.plan.mappings(rows, start), start)
+            progress(len(rows))
+        return written
+
     async def write(self, session: AsyncSession, mappings: list[dict[str, Any]], start: int) -> int:
         """INSERT *mappings*; their primary keys are appended to ``keys`` if asked for."""
         if not mappings:
             return 0
-        self.plan.check_values(mappings, start)
-        result = await session.execute(self.statement, mappings)
+        self.plan.check_values_if_split(mappings, start)
+        try:
+            result = await session.execute(self.statement, mappings)
+        except Exception as exc:
+            if isinstance(exc, DBAPIError):
+                raise
+            refused = self.plan.find_refused(mappings, start)
+            if refused is None:
+                raise
+            # from None: the StatementError lists the batch's parameters, secrets included
+            raise refused from None
         if self.returning:
             single = len(self.plan.mapper.primary_key) == 1
             self.keys.extend(row[0] if single else tuple(row) for row in result)

@@ -246,11 +246,13 @@ class RowPlan:
         out: list[dict[str, Any]] = []
         append = out.append
         for row in rows:
+            if len(row) == width:
+                append(row)  # nothing to fill; SQLAlchemy does not change it either
+                continue
             filled = dict(row)
-            if len(filled) != width:
-                for key, default in fillers:
-                    if key not in filled:
-                        filled[key] = default(filled)
+            for key, default in fillers:
+                if key not in filled:
+                    filled[key] = default(filled)
             append(filled)
         return out
 
@@ -291,18 +293,36 @@ class RowPlan:
             impl = plan.column.type.dialect_impl(self.dialect)
             plan.processor = impl.bind_processor(self.dialect)
 
-    def check_values(self, mappings: Iterable[dict[str, Any]], start: int) -> None:
-        """Run every TypeDecorator's bind processing on *mappings*, keeping nothing.
+    def check_values_if_split(self, mappings: list[dict[str, Any]], start: int) -> None:
+        """Check every value of *mappings* now if SQLAlchemy would send them in parts.
 
-        The insert path lets SQLAlchemy process values again when it sends them; this
-        pass only makes a refused value fail before the first batch goes out.
+        The ORM sends rows with different key sets as separate statements, processing
+        each group's values just before sending it; a refused value in a later group
+        would then come after an earlier one was sent. Rows with one key set (the usual
+        case) are processed all at once, and need no pass of their own.
+        """
+        keys = mappings[0].keys()
+        if not all(row.keys() == keys for row in mappings):
+            refused = self.find_refused(mappings, start)
+            if refused is not None:
+                raise refused
+
+    def find_refused(self, mappings: Iterable[dict[str, Any]], start: int) -> BulkRowError | None:
+        """The error for the first value of *mappings* a TypeDecorator refuses, if any.
+
+        The write paths call it after SQLAlchemy's own bind processing failed, to say
+        which row and column it was.
         """
         checked = [p for p in self.columns if p.processor is not None and _decorated(p)]
         for offset, row in enumerate(mappings):
             for plan in checked:
                 value = row.get(plan.key, _MISSING)
                 if value is not _MISSING:
-                    self.process(plan, value, start + offset)
+                    try:
+                        self.process(plan, value, start + offset)
+                    except BulkRowError as exc:
+                        return exc
+        return None
 
     def process(self, plan: ColumnPlan, value: Any, index: int) -> Any:
         """*value* as the driver should receive it; a refusal becomes a BulkRowError."""

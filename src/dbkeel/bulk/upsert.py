@@ -14,9 +14,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import literal_column
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.schema import ColumnDefault
 
+from dbkeel.bulk.batches import Batches, Progress
 from dbkeel.bulk.prepare import DefaultContext, RowPlan
 from dbkeel.exceptions import ConfigurationError
 
@@ -111,6 +113,17 @@ class UpsertWriter:
         target = [plan.by_key[k].column.name for k in self.conflict]
         return _Built(statement, values, callables, None if mysql else target)
 
+    async def write_all(self, session: AsyncSession, batches: Batches, progress: Progress) -> int:
+        """Upsert every batch *batches* hands out; returns the number of rows sent."""
+        written = 0
+        while (batch := await batches.anext()) is not None:
+            start, rows = batch
+            user_keys = set(rows[0]) if self._built is None else set()
+            mappings = self.plan.mappings(rows, start)
+            written += await self.write(session, mappings, start, user_keys)
+            progress(len(rows))
+        return written
+
     async def write(
         self,
         session: AsyncSession,
@@ -121,7 +134,6 @@ class UpsertWriter:
         """Upsert *mappings*; returns the number of rows sent (inserted or updated)."""
         if not mappings:
             return 0
-        self.plan.check_values(mappings, start)
         if self._built is None:
             self._built = self._build(user_keys)
         built = self._built
@@ -132,7 +144,16 @@ class UpsertWriter:
             final = built.statement.on_duplicate_key_update(values)
         else:
             final = built.statement.on_conflict_do_update(index_elements=built.target, set_=values)
-        await session.execute(final, mappings)
+        self.plan.check_values_if_split(mappings, start)
+        try:
+            await session.execute(final, mappings)
+        except Exception as exc:
+            if isinstance(exc, DBAPIError):
+                raise
+            refused = self.plan.find_refused(mappings, start)
+            if refused is None:
+                raise
+            raise refused from None  # see InsertWriter.write
         return len(mappings)
 
 
