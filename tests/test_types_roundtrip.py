@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import json
 import uuid
 from typing import Any
 
@@ -96,6 +97,12 @@ async def test_encoder_writes_datetimes_decimals_and_uuids(
     assert row.doc == {"when": "2024-01-02T03:04:05+00:00", "price": "10.10", "id": str(u)}
 
 
+def _circular() -> dict[str, Any]:
+    doc: dict[str, Any] = {"a": []}
+    doc["a"].append(doc)
+    return doc
+
+
 @pytest.mark.parametrize(
     ("column", "value", "match"),
     [
@@ -111,6 +118,7 @@ async def test_encoder_writes_datetimes_decimals_and_uuids(
             r"JSONBType column 'types_things.doc'.*cannot be written as JSON",
         ),
         ("doc", {"x": object()}, r"JSONBType column 'types_things.doc'.*not JSON serializable"),
+        ("doc", _circular(), r"JSONBType column 'types_things.doc'.*cannot be written as JSON"),
         ("tags", "abc", r"StringArray column 'types_things.tags' got str 'abc': not a list"),
         ("tags", ["a", None], r"item 1 is NoneType None"),
         ("nums", [1, True], r"ArrayType column 'types_things.nums'.*item 1 is bool True"),
@@ -219,6 +227,18 @@ async def test_any_json_document_and_string_list_round_trips(
         doc = {"null": None}  # Python None is SQL NULL, tested above
     row = await roundtrip(db, doc=doc, tags=tags)
     assert (row.doc, row.tags) == (doc, tags)
+
+
+@PROPERTY
+@given(doc=json_values | st.floats(allow_nan=False, allow_infinity=False))
+def test_json_is_written_as_json_dumps_writes_it(doc: Any) -> None:
+    # JSONBType reuses one C encoder instead of json.dumps building one per value
+    bind = JSONBType()._cached_bind_processor(postgresql.asyncpg.dialect())
+    if doc is not None:
+        assert bind(doc) == json.dumps(doc, allow_nan=False)
+        assert bind({"k": [doc, dt.date(2024, 1, 2)]}) == json.dumps(
+            {"k": [doc, "2024-01-02"]}, allow_nan=False
+        )
 
 
 @pytest.mark.parametrize("dialect", [postgresql.asyncpg.dialect(), sqlite.aiosqlite.dialect()])
