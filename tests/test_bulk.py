@@ -667,3 +667,24 @@ async def test_cancelled_load_with_commit_every_keeps_the_committed_chunks(
         assert await _count(db) == 40
         assert progress[-1] == 40
         assert db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+async def test_copy_makes_uuid_keys_a_batch_at_a_time_like_the_default(
+    pg_tables: DatabaseManager,
+) -> None:
+    given = uuid.uuid4()
+    rows: list[dict[str, Any]] = [{"name": f"{i:05d}"} for i in range(1200)]
+    rows[700]["id"] = given  # a given key is kept, the generated ones skip it
+    async with pg_tables.get_session() as session:
+        await bulk_insert(session, Thing, rows, method="copy", batch_size=400)
+        await bulk_insert(session, PgRich, [{}] * 600, method="copy")
+    things = sorted(await _all(pg_tables), key=lambda t: t.name)
+    made = [t.id for t in things if t.id != given]
+    assert things[700].id == given
+    assert len(set(made)) == 1199
+    assert {(u.version, u.variant) for u in made} == {(7, uuid.RFC_4122)}
+    assert made == sorted(made)  # uuid7 keys follow the input order
+    async with pg_tables.get_session() as session:
+        v4 = list(await session.scalars(select(PgRich.id)))
+    assert len(set(v4)) == 600
+    assert {(u.version, u.variant) for u in v4} == {(4, uuid.RFC_4122)}

@@ -16,6 +16,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from dbkeel import DatabaseManager, InvalidValueError
 from dbkeel.types import ArrayType, JSONBType, StringArray, UTCDateTime, UUIDType, uuid7
+from dbkeel.types.uuid import uuid4_packed, uuid7_packed
 from tests import conftest
 from tests.conftest import CreateTables, make_settings
 
@@ -283,3 +284,24 @@ async def test_sqlite_datetimes_written_by_other_programs_read_as_utc(
     expected = dt.datetime(2024, 5, 6, 7, 8, 9, tzinfo=dt.UTC)
     assert found == [expected.replace(microsecond=123456), expected, expected, expected]
     assert all(value.tzinfo is dt.UTC for value in found)
+
+
+def test_uuid7_values_are_version_7_and_ordered_across_single_and_packed_calls() -> None:
+    before = [uuid7() for _ in range(3)]
+    raw = uuid7_packed(5000)  # more than 4096: runs the stamp ahead of the clock
+    packed = [uuid.UUID(bytes=raw[i : i + 16]) for i in range(0, len(raw), 16)]
+    after = uuid7()
+    made = [*before, *packed, after]
+    assert made == sorted(made)
+    assert len(set(made)) == len(made)
+    assert {(u.version, u.variant) for u in made} == {(7, uuid.RFC_4122)}
+    assert uuid7_packed(0) == b""
+    assert uuid.UUID(str(after)) == after and hash(after) == hash(uuid.UUID(int=after.int))
+
+
+def test_uuid4_packed_values_are_random_version_4() -> None:
+    raw = uuid4_packed(2000)
+    made = [uuid.UUID(bytes=raw[i : i + 16]) for i in range(0, len(raw), 16)]
+    assert len(made) == 2000
+    assert len(set(made)) == 2000
+    assert {(u.version, u.variant) for u in made} == {(4, uuid.RFC_4122)}

@@ -37,34 +37,42 @@ class Batches:
         self._stop_at: int | None = None
 
     def chunk(self, rows: int | None) -> None:
-        """Hand out whole batches until about *rows* more rows (None: all of them)."""
+        """Hand out batches until *rows* more rows (None: all of them)."""
         self._stop_at = None if rows is None else self.position + rows
 
-    def next(self) -> tuple[int, list[Any]] | None:
-        """The next batch of a synchronous input, or None at the end of the chunk."""
-        if self._ended():
+    def next(self, size: int | None = None) -> tuple[int, list[Any]] | None:
+        """The next batch (of *size* rows at most, default ``size``) of a synchronous
+        input, or None at the end of the input or chunk."""
+        wanted = self._wanted(size)
+        if not wanted:
             return None
-        return self._hand_out(list(itertools.islice(self._rows, self.size)))
+        return self._hand_out(list(itertools.islice(self._rows, wanted)), wanted)
 
-    async def anext(self) -> tuple[int, list[Any]] | None:
+    async def anext(self, size: int | None = None) -> tuple[int, list[Any]] | None:
         """The next batch of either kind of input, or None at the end of the chunk."""
         if self._async_rows is None:
-            return self.next()
-        if self._ended():
+            return self.next(size)
+        wanted = self._wanted(size)
+        if not wanted:
             return None
         batch: list[Any] = []
-        while len(batch) < self.size:
+        while len(batch) < wanted:
             try:
                 batch.append(await anext(self._async_rows))
             except StopAsyncIteration:
                 break
-        return self._hand_out(batch)
+        return self._hand_out(batch, wanted)
 
-    def _ended(self) -> bool:
-        return self.done or (self._stop_at is not None and self.position >= self._stop_at)
+    def _wanted(self, size: int | None) -> int:
+        if self.done:
+            return 0
+        wanted = self.size if size is None else min(size, self.size)
+        if self._stop_at is not None:
+            wanted = min(wanted, self._stop_at - self.position)
+        return max(wanted, 0)
 
-    def _hand_out(self, batch: list[Any]) -> tuple[int, list[Any]] | None:
-        if len(batch) < self.size:
+    def _hand_out(self, batch: list[Any], wanted: int) -> tuple[int, list[Any]] | None:
+        if len(batch) < wanted:
             self.done = True
         if not batch:
             return None

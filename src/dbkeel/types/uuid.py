@@ -17,6 +17,7 @@ Example::
 from __future__ import annotations
 
 import os
+import struct
 import threading
 import time
 import uuid as _uuid
@@ -28,23 +29,36 @@ from sqlalchemy.types import BLOB, TypeEngine, Uuid
 
 from dbkeel.types._base import PortableType
 
-__all__ = ["UUIDType", "uuid4", "uuid7"]
+__all__ = ["UUIDType", "uuid4", "uuid4_packed", "uuid7", "uuid7_packed"]
 
 UUID = _uuid.UUID
 uuid4 = _uuid.uuid4
 
 _lock = threading.Lock()
 _last_stamp = 0  # 48-bit milliseconds << 12 | 12-bit sub-millisecond fraction
+_VERSION_VARIANT = 0x7 << 76 | 0b10 << 62
+_new = object.__new__
+_set = object.__setattr__
+_SAFE_UNKNOWN = _uuid.SafeUUID.unknown
+
+
+def _from_int(value: int) -> UUID:
+    # UUID(int=value) re-checks the range and the slots; for a value built from a
+    # 128-bit layout here that is a third of uuid7's time. The same two slots are set.
+    made: UUID = _new(UUID)
+    _set(made, "int", value)
+    _set(made, "is_safe", _SAFE_UNKNOWN)
+    return made
 
 
 def uuid7() -> UUID:
     """A new time-ordered UUID version 7 (RFC 9562, section 5.7).
 
     48 bits of Unix time in milliseconds, then 12 bits of sub-millisecond time (RFC 9562
-    section 6.2, method 3), then 62 random bits. Within one process the 60-bit time
-    stamp never repeats or goes back, even if the clock does, so keys made one after
-    another always sort in creation order - which keeps B-tree inserts at the right edge
-    of the index instead of scattered like uuid4.
+    section 6.2, method 3), then 62 random bits from ``os.urandom``. Within one process
+    the 60-bit time stamp never repeats or goes back, even if the clock does, so keys
+    made one after another always sort in creation order - which keeps B-tree inserts
+    at the right edge of the index instead of scattered like uuid4. Thread-safe.
 
     Example::
 
@@ -59,15 +73,69 @@ def uuid7() -> UUID:
         if stamp <= _last_stamp:
             stamp = _last_stamp + 1
         _last_stamp = stamp
-    rand = int.from_bytes(os.urandom(8)) & 0x3FFF_FFFF_FFFF_FFFF
-    value = (
-        (stamp >> 12) << 80  # unix_ts_ms
-        | 0x7 << 76  # version
-        | (stamp & 0xFFF) << 64  # rand_a: sub-millisecond fraction
-        | 0b10 << 62  # variant
-        | rand  # rand_b
+    return _from_int(
+        ((stamp >> 12) << 16 | stamp & 0xFFF) << 64  # unix_ts_ms, rand_a: sub-ms fraction
+        | _VERSION_VARIANT
+        | int.from_bytes(os.urandom(8)) & 0x3FFF_FFFF_FFFF_FFFF  # rand_b
     )
-    return UUID(int=value)
+
+
+_VARIANT = bytes((b & 0x3F) | 0x80 for b in range(256))  # 0b10xxxxxx
+_VERSION_4 = bytes((b & 0x0F) | 0x40 for b in range(256))  # 0100xxxx
+
+
+def uuid7_packed(count: int) -> bytes:
+    """*count* new uuid7 values as 16-byte big-endian blocks, in creation order.
+
+    What ``count`` calls of :func:`uuid7` give, made at once for bulk writes: one clock
+    read, one ``os.urandom`` call, and the layout done on whole byte strings instead of
+    per-value integers (about 4x faster per value). The batch takes ``count``
+    consecutive 60-bit time stamps from the same sequence as :func:`uuid7`, so values
+    stay ordered across both; a batch larger than 4096 runs the stamp ahead of the
+    clock by ``count / 4096`` ms, as ``uuid7`` does when called faster than that.
+
+    Example::
+
+        raw = uuid7_packed(1000)
+        first = uuid.UUID(bytes=raw[:16])
+    """
+    global _last_stamp
+    if count <= 0:
+        return b""
+    ns = time.time_ns()
+    stamp = (ns // 1_000_000) << 12 | ((ns % 1_000_000) * 4096 // 1_000_000)
+    with _lock:
+        if stamp <= _last_stamp:
+            stamp = _last_stamp + 1
+        _last_stamp = stamp + count - 1
+    # bytes 0-7: 48-bit milliseconds, version 7, 12-bit sub-millisecond fraction
+    stamps = struct.pack(
+        f">{count}Q",
+        *[(s >> 12) << 16 | 0x7000 | (s & 0xFFF) for s in range(stamp, stamp + count)],
+    )
+    # bytes 8-15: variant 0b10, then 62 random bits
+    rand = bytearray(os.urandom(8 * count))
+    rand[0::8] = rand[0::8].translate(_VARIANT)
+    out = bytearray(16 * count)
+    for k in range(8):
+        out[k::16] = stamps[k::8]
+        out[8 + k :: 16] = rand[k::8]
+    return bytes(out)
+
+
+def uuid4_packed(count: int) -> bytes:
+    """*count* new random UUIDs (version 4, from ``os.urandom``) as 16-byte blocks.
+
+    What ``count`` calls of ``uuid.uuid4()`` give, made at once for bulk writes.
+
+    Example::
+
+        raw = uuid4_packed(1000)
+    """
+    out = bytearray(os.urandom(16 * max(count, 0)))
+    out[6::16] = out[6::16].translate(_VERSION_4)
+    out[8::16] = out[8::16].translate(_VARIANT)
+    return bytes(out)
 
 
 class UUIDType(PortableType[UUID]):
