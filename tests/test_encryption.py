@@ -228,6 +228,21 @@ async def test_startup_fails_when_encrypted_columns_exist_without_keys(db_url: s
     await manager.close()
 
 
+async def test_manager_scoped_to_its_metadata_starts_without_other_models_keys(
+    db_url: str,
+) -> None:
+    encrypted_md, _ = secrets_table()  # another database's encrypted model, loaded here
+    plain_md = MetaData()
+    Table("enc_plain", plain_md, Column("id", Integer, primary_key=True))
+    async with DatabaseManager(make_settings(db_url), metadata=plain_md) as db:
+        assert db.is_initialized
+    # scoped to the encrypted model's own metadata it still insists on keys
+    manager = DatabaseManager(make_settings(db_url), metadata=encrypted_md)
+    with pytest.raises(ConfigurationError, match=r"encrypted columns \(enc_secrets\.blob"):
+        await manager.initialize()
+    await manager.close()
+
+
 async def test_engine_without_key_ring_raises_key_ring_error(
     db: DatabaseManager, create_tables: CreateTables
 ) -> None:

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 
-from sqlalchemy import text
+from sqlalchemy import MetaData, text
 from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -53,6 +53,10 @@ class DatabaseManager:
 
     *settings* defaults to ``DatabaseSettings()`` (the environment), read when
     :meth:`initialize` runs, so creating a manager at import time costs nothing.
+    *key_provider* supplies the keys of encrypted columns (default: the settings).
+    *metadata* (``Base.metadata``) names the models this manager serves: a manager
+    without keys then starts even while another database's encrypted models are loaded
+    in the same process (without it, any encrypted column loaded needs keys).
 
     Example::
 
@@ -64,12 +68,19 @@ class DatabaseManager:
     """
 
     def __init__(
-        self, settings: DatabaseSettings | None = None, *, key_provider: KeyProvider | None = None
+        self,
+        settings: DatabaseSettings | None = None,
+        *,
+        key_provider: KeyProvider | None = None,
+        metadata: MetaData | None = None,
     ) -> None:
         self._settings = settings
         # Encrypted columns: keys come from this provider (a KMS, a vault) instead of the
         # DATABASE_ENCRYPTION_KEYS setting; it is called once, in initialize().
         self._key_provider = key_provider
+        # The models this manager serves: the startup key check looks only at their
+        # tables (None: at every encrypted column loaded in the process).
+        self._metadata = metadata
         self._engine: AsyncEngine | None = None
         self._session_factory: async_sessionmaker[AsyncSession] | None = None
         self._state: _State = "new"
@@ -128,7 +139,7 @@ class DatabaseManager:
             # before an engine exists, not at its first row.
             from dbkeel.encryption.registry import install_key_ring, load_key_ring
 
-            key_ring = await load_key_ring(settings, self._key_provider)
+            key_ring = await load_key_ring(settings, self._key_provider, self._metadata)
             engine = create_engine(settings)
             install_key_ring(engine, key_ring)
             if settings.effective_monitoring:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from dbkeel.exceptions import ConfigurationError, KeyRingError
 
 if TYPE_CHECKING:
-    from sqlalchemy import Column, Table
+    from sqlalchemy import Column, MetaData, Table
     from sqlalchemy.engine import Dialect, Engine
     from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -64,9 +64,18 @@ def forget_table(table: Table) -> None:
             del _columns[column]
 
 
-def encrypted_columns(kind: str = "encrypted") -> list[Column[Any]]:
-    """Every live column of *kind* (``"encrypted"`` or ``"blind_index"``), by table.column."""
-    found = [c for c, k in list(_columns.items()) if k == kind and c.table is not None]
+def encrypted_columns(
+    kind: str = "encrypted", metadata: MetaData | None = None
+) -> list[Column[Any]]:
+    """Every live column of *kind* (``"encrypted"`` or ``"blind_index"``), by table.column;
+    only those of *metadata*'s tables when it is given."""
+    found = [
+        c
+        for c, k in list(_columns.items())
+        if k == kind
+        and c.table is not None
+        and (metadata is None or metadata.tables.get(c.table.key) is c.table)
+    ]
     return sorted(found, key=lambda c: (c.table.name, c.name))
 
 
@@ -94,8 +103,11 @@ def ring_for(dialect: Dialect, column: str) -> KeyRing:
     return ring
 
 
-async def load_key_ring(settings: DatabaseSettings, provider: KeyProvider | None) -> KeyRing | None:
-    """The ring from *provider* if given, else from settings; checked against the columns.
+async def load_key_ring(
+    settings: DatabaseSettings, provider: KeyProvider | None, metadata: MetaData | None = None
+) -> KeyRing | None:
+    """The ring from *provider* if given, else from settings; checked against the columns
+    (of *metadata*'s tables, or all).
 
     Raises :class:`ConfigurationError` when encrypted columns exist but no keys are
     configured, or blind-index columns exist but no blind-index key is.
@@ -111,7 +123,7 @@ async def load_key_ring(settings: DatabaseSettings, provider: KeyProvider | None
             )
     else:
         ring = KeyRing.from_settings(settings)
-    encrypted = encrypted_columns("encrypted")
+    encrypted = encrypted_columns("encrypted", metadata)
     if ring is None and encrypted:
         raise ConfigurationError(
             f"The models define encrypted columns ({_describe(encrypted)}) but no key ring "
@@ -119,7 +131,7 @@ async def load_key_ring(settings: DatabaseSettings, provider: KeyProvider | None
             f"DATABASE_ENCRYPTION_KEYS to ID:BASE64KEY entries (make one with `dbkeel keys "
             f"generate`), or pass key_provider= to DatabaseManager."
         )
-    indexed = encrypted_columns("blind_index")
+    indexed = encrypted_columns("blind_index", metadata)
     if indexed and (ring is None or not ring.has_index_key):
         raise ConfigurationError(
             f"The models define blind-index columns ({_describe(indexed)}) but no "
