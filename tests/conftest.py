@@ -6,7 +6,9 @@ database on each server (``dbkeel_t_<pid>_<random>``) and drops it at the end, s
 can repeat, and run side by side, on the same servers. A server that cannot be reached
 fails the test with the command that starts it: nothing is skipped silently.
 
-Server URLs come from DBKEEL_TEST_POSTGRES_URL and DBKEEL_TEST_MARIADB_URL.
+Server URLs come from DBKEEL_TEST_POSTGRES_URL and DBKEEL_TEST_MARIADB_URL. PgBouncer
+tests reach the same PostgreSQL database through DBKEEL_TEST_PGBOUNCER_URL (a
+transaction-pooling PgBouncer that ``.ci/services`` starts on 127.0.0.1:6439).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -37,6 +40,9 @@ SERVER_URLS = {
         "DBKEEL_TEST_MARIADB_URL", "mysql+asyncmy://root@127.0.0.1:3306/test"
     ),
 }
+PGBOUNCER_URL = os.environ.get(
+    "DBKEEL_TEST_PGBOUNCER_URL", "postgresql+asyncpg://postgres@127.0.0.1:6439/test"
+)
 START_COMMANDS = {
     "postgresql": "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
     "mariadb": "start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd",
@@ -122,6 +128,23 @@ def db_url(backend: str, test_databases: TestDatabases) -> str:
 @pytest.fixture
 def pg_url(test_databases: TestDatabases) -> str:
     return test_databases.url("postgresql")
+
+
+@pytest.fixture
+def pgbouncer_url(test_databases: TestDatabases) -> str:
+    """This run's PostgreSQL test database, reached through PgBouncer (transaction mode)."""
+    database = make_url(test_databases.url("postgresql")).database
+    url = make_url(PGBOUNCER_URL).set(database=database)
+    try:
+        socket.create_connection((url.host or "127.0.0.1", url.port or 6432), timeout=2).close()
+    except OSError as exc:
+        pytest.fail(
+            f"PgBouncer at {PGBOUNCER_URL} is not reachable ({exc}). Start it (Debian's "
+            f"pgbouncer package, transaction pooling, in front of 127.0.0.1:5432) with:\n"
+            f"    bash .ci/services\nor point DBKEEL_TEST_PGBOUNCER_URL at one.",
+            pytrace=False,
+        )
+    return url.render_as_string(hide_password=False)
 
 
 @pytest.fixture

@@ -367,7 +367,21 @@ class DatabaseManager:
                 delay = min(delay * 2, 2.0)
 
 
+def _refused_startup_parameter(exc: BaseException) -> str | None:
+    """The startup parameter a connection pooler refused, if that is what *exc* is."""
+    # PgBouncer answers a parameter it does not know (jit, statement_timeout...) with
+    # FATAL 08P01 "unsupported startup parameter: jit", on every attempt.
+    message = str(getattr(exc, "orig", None) or exc)
+    marker = "unsupported startup parameter:"
+    if sqlstate(exc) != "08P01" or marker not in message:
+        return None
+    named = message.split(marker, 1)[1].split()
+    return named[0] if named else "?"
+
+
 def _is_permanent(exc: BaseException) -> bool:
+    if _refused_startup_parameter(exc) is not None:
+        return True
     if (
         isinstance(exc, DBAPIError)
         and not isinstance(exc, (OperationalError, InterfaceError))
@@ -402,12 +416,21 @@ def _unavailable(
         if permanent
         else f"after {attempts} attempts in {settings.initialize_timeout:g} s"
     )
-    err = DatabaseUnavailableError(
+    parameter = _refused_startup_parameter(exc)
+    if parameter is not None:
+        return DatabaseUnavailableError(
+            f"Cannot connect to the database: driver {url.drivername}, host {where}, "
+            f"database {url.database!r}: a connection pooler (PgBouncer) in front of "
+            f"PostgreSQL refused the startup parameter {parameter!r} that dbkeel sends "
+            f"(not retried). Behind PgBouncer set DATABASE_PGBOUNCER=true, which sends no "
+            f"such parameters and turns off prepared statement caching, or list the "
+            f"parameter in PgBouncer's ignore_startup_parameters. Last error: {reason}."
+        )
+    return DatabaseUnavailableError(
         f"Cannot connect to the database: driver {url.drivername}, host {where}, database "
         f"{url.database!r}: {when}. Last error: {reason}. Check that the server is running "
         f"and reachable, and that DATABASE_URL ({settings.masked_url}) is right."
     )
-    return err
 
 
 async def _shielded(work: Coroutine[Any, Any, None]) -> None:
