@@ -688,3 +688,27 @@ async def test_copy_makes_uuid_keys_a_batch_at_a_time_like_the_default(
         v4 = list(await session.scalars(select(PgRich.id)))
     assert len(set(v4)) == 600
     assert {(u.version, u.variant) for u in v4} == {(4, uuid.RFC_4122)}
+
+
+async def test_copy_is_not_started_for_a_refusal_in_the_first_group(
+    pg_tables: DatabaseManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncpg
+
+    started: list[str] = []
+    real_copy = asyncpg.Connection.copy_records_to_table
+
+    async def spy(self: Any, table_name: str, **kwargs: Any) -> Any:
+        started.append(table_name)  # calls through: the real COPY still runs
+        return await real_copy(self, table_name, **kwargs)
+
+    monkeypatch.setattr(asyncpg.Connection, "copy_records_to_table", spy)
+    rows: list[dict[str, Any]] = [{"name": f"n{i}"} for i in range(100)]
+    rows[60]["seen_at"] = dt.datetime(2026, 1, 1)  # naive: refused by UTCDateTime
+    async with pg_tables.get_session() as session:
+        with pytest.raises(BulkRowError, match=r"^row 60 of the Thing"):
+            await bulk_insert(session, Thing, rows, method="copy")
+    assert started == []
+    async with pg_tables.get_session() as session:
+        await bulk_insert(session, Thing, rows[:60], method="copy")
+    assert started == ["bulk_things"]

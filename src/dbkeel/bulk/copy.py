@@ -210,9 +210,9 @@ class CopyWriter:
     async def write_all(self, session: AsyncSession, batches: Batches, progress: Progress) -> int:
         """COPY every batch *batches* hands out into the table; returns the row count.
 
-        A batch is checked and fully prepared before any of its rows is sent, so a
-        refused value in the first batch stops the load before COPY starts; one in a
-        later batch aborts the COPY, whose rows are then all discarded.
+        Each group of rows is checked and fully prepared before any of its rows is sent:
+        a refused value in the first group stops the load before COPY starts; one in a
+        later group aborts the COPY, whose rows are then all discarded.
         """
         first = await batches.anext(_PREPARE_ROWS)
         if first is None:
@@ -327,12 +327,22 @@ class _Feed:
         self.written = 0
         self.unreported = 0
         self.pending: _Pending | None = None
+        # The first group's records are made now, before COPY starts: a value its type
+        # refuses stops the load with nothing sent. Later groups are made while COPY runs.
+        self._ready: list[tuple[Any, ...]] | None = self._make(first)
+        self.current = None
+
+    def _make(self, batch: _Pending) -> list[tuple[Any, ...]]:
+        return self.writer._records(self.spec, batch.rows, batch.start, self.sql)
 
     def _take(self) -> list[tuple[Any, ...]]:
+        ready, self._ready = self._ready, None
+        if ready is not None:
+            return ready
         batch = self.current
         assert batch is not None
         self.current = None
-        return self.writer._records(self.spec, batch.rows, batch.start, self.sql)
+        return self._make(batch)
 
     def _sent(self, records: list[tuple[Any, ...]]) -> None:
         self.written += len(records)
