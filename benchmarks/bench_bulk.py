@@ -1,5 +1,7 @@
 """Bulk writes on PostgreSQL (issue 7): dbkeel COPY and INSERT paths against plain
-SQLAlchemy and against raw asyncpg COPY with the same preprocessing (the floor).
+SQLAlchemy and against raw asyncpg COPY with the same preprocessing (the floor), both
+as 10,000-row COPYs and as one COPY streamed from an async generator; the goal is
+measured against the faster of the two.
 
 The model is what a dbkeel user writes: a uuid7 key, text, JSONB, an encrypted column
 (dbkeel's EncryptedType, AES-256-GCM) and TimestampMixin. Every candidate does the same
@@ -20,7 +22,7 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from sqlalchemy import String, Text, insert, text
@@ -53,6 +55,22 @@ class Event(TimestampMixin, Base):
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 _COLUMN = b"bench_bulk_events.secret"  # the associated data EncryptedType binds to
+
+
+# created_at / updated_at are left to their server default in the raw candidates
+_COLUMNS = ["id", "name", "body", "payload", "secret", "happened_at"]
+
+
+def _record(r: dict[str, Any]) -> tuple[Any, ...]:
+    """The raw candidates' preprocessing: what dbkeel does per row, written by hand."""
+    return (
+        uuid7(),
+        r["name"],
+        r["body"],
+        json.dumps(r["payload"]),
+        RING.seal(r["secret"].encode(), _COLUMN),
+        r["happened_at"].astimezone(dt.UTC),
+    )
 
 
 def rows(n: int) -> Iterator[dict[str, Any]]:
@@ -100,29 +118,34 @@ async def main() -> None:
                 async with db.get_session() as session:
                     conn = await session.connection()
                     raw = (await conn.get_raw_connection()).driver_connection
-                    # created_at / updated_at are left to their server default
-                    columns = ["id", "name", "body", "payload", "secret", "happened_at"]
                     batch: list[tuple[Any, ...]] = []
                     for r in rows(n):
-                        batch.append(
-                            (
-                                uuid7(),
-                                r["name"],
-                                r["body"],
-                                json.dumps(r["payload"]),
-                                RING.seal(r["secret"].encode(), _COLUMN),
-                                r["happened_at"].astimezone(dt.UTC),
-                            )
-                        )
+                        batch.append(_record(r))
                         if len(batch) == 10_000:
                             await raw.copy_records_to_table(
-                                "bench_bulk_events", records=batch, columns=columns
+                                "bench_bulk_events", records=batch, columns=_COLUMNS
                             )
                             batch = []
                     if batch:
                         await raw.copy_records_to_table(
-                            "bench_bulk_events", records=batch, columns=columns
+                            "bench_bulk_events", records=batch, columns=_COLUMNS
                         )
+                return n
+
+            async def raw_copy_streamed() -> int:
+                # one COPY fed by an async generator: PostgreSQL stores while Python prepares
+                await truncate()
+
+                async def records() -> AsyncIterator[tuple[Any, ...]]:
+                    for r in rows(n):
+                        yield _record(r)
+
+                async with db.get_session() as session:
+                    conn = await session.connection()
+                    raw = (await conn.get_raw_connection()).driver_connection
+                    await raw.copy_records_to_table(
+                        "bench_bulk_events", records=records(), columns=_COLUMNS
+                    )
                 return n
 
             async def dbkeel_copy() -> int:
@@ -149,6 +172,7 @@ async def main() -> None:
 
             return {
                 "raw asyncpg COPY": raw_copy,
+                "raw asyncpg COPY, streamed": raw_copy_streamed,
                 "dbkeel copy": dbkeel_copy,
                 "plain insert(Model) list": plain_insert,
                 "dbkeel insert": dbkeel_insert,
@@ -175,8 +199,9 @@ async def main() -> None:
 def _summary(result: list[Row]) -> None:
     speed = {row.name: row.ops_per_s for row in result}
     copy = speed["dbkeel copy"]
+    floor = max(speed["raw asyncpg COPY"], speed["raw asyncpg COPY, streamed"])
     console.print(
-        f"dbkeel copy: {copy / speed['raw asyncpg COPY']:.2f}x raw COPY throughput (goal >= "
+        f"dbkeel copy: {copy / floor:.2f}x the faster raw COPY's throughput (goal >= "
         f"0.8), {copy / speed['plain insert(Model) list']:.2f}x plain insert(Model) (goal >= "
         f"2.5); dbkeel insert: {speed['dbkeel insert'] / speed['plain insert(Model) list']:.2f}x"
         f" plain insert(Model)"

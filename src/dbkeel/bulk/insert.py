@@ -12,14 +12,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import Executable, Result, insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dbkeel.bulk.batches import Batches, Progress
 from dbkeel.bulk.prepare import RowPlan
 
-__all__ = ["InsertWriter"]
+__all__ = ["InsertWriter", "execute_rows"]
 
 
 class InsertWriter:
@@ -52,18 +52,33 @@ class InsertWriter:
         """INSERT *mappings*; their primary keys are appended to ``keys`` if asked for."""
         if not mappings:
             return 0
-        self.plan.check_values_if_split(mappings, start)
-        try:
-            result = await session.execute(self.statement, mappings)
-        except Exception as exc:
-            if isinstance(exc, DBAPIError):
-                raise
-            refused = self.plan.find_refused(mappings, start)
-            if refused is None:
-                raise
-            # from None: the StatementError lists the batch's parameters, secrets included
-            raise refused from None
+        result = await execute_rows(session, self.plan, self.statement, mappings, start)
         if self.returning:
             single = len(self.plan.mapper.primary_key) == 1
             self.keys.extend(row[0] if single else tuple(row) for row in result)
         return len(mappings)
+
+
+async def execute_rows(
+    session: AsyncSession,
+    plan: RowPlan,
+    statement: Executable,
+    mappings: list[dict[str, Any]],
+    start: int,
+) -> Result[Any]:
+    """Execute *statement* for *mappings*; a value a type refuses becomes a ``BulkRowError``.
+
+    The refusal is looked for only after SQLAlchemy failed before reaching the driver
+    (anything but a ``DBAPIError``), so rows that go through are processed once.
+    """
+    plan.check_values_if_split(mappings, start)
+    try:
+        return await session.execute(statement, mappings)
+    except Exception as exc:
+        if isinstance(exc, DBAPIError):
+            raise
+        refused = plan.find_refused(mappings, start)
+        if refused is None:
+            raise
+        # from None: the StatementError lists the batch's parameters, secrets included
+        raise refused from None

@@ -14,11 +14,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import literal_column
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.schema import ColumnDefault
 
 from dbkeel.bulk.batches import Batches, Progress
+from dbkeel.bulk.insert import execute_rows
 from dbkeel.bulk.prepare import DefaultContext, RowPlan
 from dbkeel.exceptions import ConfigurationError
 
@@ -144,16 +144,7 @@ class UpsertWriter:
             final = built.statement.on_duplicate_key_update(values)
         else:
             final = built.statement.on_conflict_do_update(index_elements=built.target, set_=values)
-        self.plan.check_values_if_split(mappings, start)
-        try:
-            await session.execute(final, mappings)
-        except Exception as exc:
-            if isinstance(exc, DBAPIError):
-                raise
-            refused = self.plan.find_refused(mappings, start)
-            if refused is None:
-                raise
-            raise refused from None  # see InsertWriter.write
+        await execute_rows(session, self.plan, final, mappings, start)
         return len(mappings)
 
 
