@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy.exc
 from sqlalchemy.orm.exc import StaleDataError
@@ -22,10 +22,12 @@ from dbkeel.exceptions import (
 )
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Dialect
     from sqlalchemy.pool import Pool
 
 __all__ = [
     "concurrent_update_error",
+    "driver_error",
     "is_disconnect",
     "mysql_errno",
     "retryable_reason",
@@ -60,6 +62,35 @@ def translate_errors(pool: Pool | None = None, *, pool_timeout: float = 0.0) -> 
         raise
     except StaleDataError as exc:
         raise concurrent_update_error(exc) from exc
+
+
+def driver_error(connection: Any, dialect: Dialect, exc: Exception, statement: str) -> Exception:
+    """*exc*, raised by the driver outside SQLAlchemy (COPY), as SQLAlchemy raises it.
+
+    *connection* is SQLAlchemy's adapted DBAPI connection. Its exception hook maps the
+    driver's exception to the DBAPI class (asyncpg's ``UniqueViolationError`` to
+    ``IntegrityError``) and notes a closed connection; the result is wrapped like any
+    statement's error, so that a caller catches ``sqlalchemy.exc.IntegrityError``
+    whichever path wrote the rows. An exception the hook cannot map comes back as is.
+    """
+    handle = getattr(connection, "_handle_exception", None)  # SQLAlchemy's asyncio adapters
+    if handle is None:
+        return exc
+    try:
+        handle(exc)
+    except Exception as adapted:  # the hook always raises
+        dbapi = dialect.loaded_dbapi
+        if not isinstance(adapted, dbapi.Error):
+            return exc
+        return sqlalchemy.exc.DBAPIError.instance(
+            statement,
+            None,
+            adapted,
+            dbapi.Error,
+            connection_invalidated=dialect.is_disconnect(adapted, connection, None),
+            dialect=dialect,
+        )
+    return exc  # pragma: no cover - the hook returned
 
 
 def concurrent_update_error(exc: StaleDataError) -> ConcurrentUpdateError:

@@ -184,12 +184,16 @@ class BulkLoadInterruptedError(DatabaseError):
     """A ``bulk_insert(..., commit_every=N)`` load stopped part-way.
 
     ``rows_committed`` rows (the first ones of the input) are committed; the chunk in
-    flight was rolled back. Resume by passing the input from that position on, e.g.
-    ``itertools.islice(rows, exc.rows_committed, None)``. The cause is ``__cause__``.
+    flight was rolled back. Resume with a new copy of the input that skips them, e.g.
+    ``itertools.islice(make_rows(), exc.rows_committed, None)``. If the connection was
+    lost during a chunk's COMMIT, ``rows_in_doubt`` (else 0) is that chunk's size: those
+    rows may or may not be committed - count them before resuming. The cause is
+    ``__cause__``.
     """
 
-    def __init__(self, message: str, *, rows_committed: int) -> None:
+    def __init__(self, message: str, *, rows_committed: int, rows_in_doubt: int = 0) -> None:
         self.rows_committed = rows_committed
+        self.rows_in_doubt = rows_in_doubt
         super().__init__(message)
 
 

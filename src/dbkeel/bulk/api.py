@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterable, Callable, Iterable, Mapping, Sequence, Sized
 from typing import Any, Literal, overload
 
@@ -10,7 +11,7 @@ from sqlalchemy.exc import NoInspectionAvailable
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapper
 
-from dbkeel._translate import translate_errors
+from dbkeel._translate import is_disconnect, translate_errors
 from dbkeel.bulk.batches import Batches
 from dbkeel.bulk.copy import CopyWriter, copy_refused, copy_unsupported_reason
 from dbkeel.bulk.insert import InsertWriter
@@ -190,6 +191,7 @@ async def _run(
             async with session.begin_nested():
                 return await writer.write_all(session, batches, progress)
         committed = 0
+        in_commit = 0  # the rows of the chunk whose COMMIT is in flight
         try:
             while not batches.done:
                 batches.chunk(commit_every)
@@ -198,16 +200,39 @@ async def _run(
                 # run it in autocommit, outside the chunk.
                 async with session.begin_nested():
                     count = await writer.write_all(session, batches, progress)
+                in_commit = count
                 await session.commit()
-                committed += count
+                committed += in_commit
+                in_commit = 0
+        except asyncio.CancelledError as exc:
+            # The caller's session context rolls the chunk in flight back; say what stays.
+            exc.add_note(_interrupted(plan, committed, in_commit, exc))
+            raise
         except Exception as exc:
-            await session.rollback()
+            in_doubt = in_commit if is_disconnect(exc) else 0
+            try:
+                await session.rollback()
+            except Exception as rollback_exc:  # the connection is gone: the pool drops it
+                exc.add_note(f"the rollback after it failed too: {rollback_exc!r}")
             raise BulkLoadInterruptedError(
-                f"the bulk write of {plan.model_name} stopped after {committed} committed "
-                f"rows ({type(exc).__name__}: {exc}). The first {committed} rows of the "
-                f"input are committed, the ones after them are not. Fix the cause, then "
-                f"resume with the input from row {committed} on, e.g. itertools.islice(rows, "
-                f"{committed}, None).",
+                _interrupted(plan, committed, in_doubt, exc),
                 rows_committed=committed,
+                rows_in_doubt=in_doubt,
             ) from exc
     return committed
+
+
+def _interrupted(plan: RowPlan, committed: int, in_doubt: int, exc: BaseException) -> str:
+    what = (
+        f"the first {committed} rows of the input are committed"
+        if not in_doubt
+        else f"the connection was lost during a COMMIT, so either the first {committed} "
+        f"or the first {committed + in_doubt} rows of the input are committed: count "
+        f"them before resuming"
+    )
+    return (
+        f"the bulk write of {plan.model_name} stopped ({type(exc).__name__}: {exc}); "
+        f"{what}, the ones after them are not. Fix the cause, then resume with the rows "
+        f"after those: re-create the input (the old one was read past that point) and "
+        f"skip the committed rows, e.g. itertools.islice(make_rows(), {committed}, None)."
+    )

@@ -17,9 +17,8 @@ Progress = Callable[[int], None]
 class Batches:
     """The input rows as consecutive batches, each with the input index of its first row.
 
-    A synchronous input stays synchronous (:meth:`next`), so that COPY can stream it
-    without an ``await`` per row; :meth:`anext` serves both kinds. :meth:`chunk` bounds
-    what the next calls hand out, for ``commit_every``.
+    :meth:`anext` serves both kinds of input (:meth:`next` only a synchronous one);
+    :meth:`chunk` bounds what the next calls hand out, for ``commit_every``.
     """
 
     def __init__(self, rows: Iterable[Any] | AsyncIterable[Any], size: int) -> None:
@@ -31,7 +30,6 @@ class Batches:
         self.size = size
         self.position = 0  # the input index of the next row
         self.done = False
-        self.is_async = isinstance(rows, AsyncIterable)
         self._rows: Iterator[Any] = iter(()) if isinstance(rows, AsyncIterable) else iter(rows)
         self._async_rows = aiter(rows) if isinstance(rows, AsyncIterable) else None
         self._stop_at: int | None = None

@@ -5,26 +5,36 @@ processing and Python-side defaults; :mod:`dbkeel.bulk.prepare` applies both fir
 records go to ``asyncpg.Connection.copy_records_to_table`` on the very connection the
 session holds, so the rows are part of the session's transaction.
 
-One COPY streams every batch (a new one starts only when a batch needs another column
-list): asyncpg sends each 512 KiB of encoded rows as it fills, so PostgreSQL stores one
-part of the load while Python prepares the next - on this path the two take about as
-long, and one COPY per batch would leave each idle while the other works.
+One COPY streams many batches: asyncpg sends each 512 KiB of encoded rows as it fills,
+so PostgreSQL stores one part of the load while Python prepares the next - on this path
+the two take about as long, and one COPY per batch would leave each idle while the
+other works. A new COPY starts when a batch needs another column list, and after
+``_COPY_ROWS`` rows: PostgreSQL reports a refused row (a duplicate key, a failed CHECK)
+only when its COPY ends, so that bounds how much of the input is read past it.
+
+The records always reach asyncpg through an async generator that yields to the event
+loop after each group of rows: asyncpg encodes a plain iterable without ever awaiting
+(unless the socket pushes back), which would stall every other task of the process,
+and any timeout or cancellation, for the whole load.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from sqlalchemy import Uuid, cast, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.functions import FunctionElement
 
+from dbkeel._translate import driver_error
 from dbkeel.bulk.batches import Batches, Progress
 from dbkeel.bulk.prepare import ColumnPlan, RowPlan
-from dbkeel.exceptions import BulkRowError, ConfigurationError
+from dbkeel.exceptions import BulkRowError, ConfigurationError, DbkeelError
 from dbkeel.types.uuid import UUIDType, uuid4_packed, uuid7, uuid7_packed
 
 __all__ = ["CopyWriter", "copy_refused", "copy_unsupported_reason"]
@@ -37,6 +47,10 @@ _MISSING: Any = object()
 # generation, whose full collections then cost about 3 us per row (gc.callbacks timing,
 # 100k rows). In small groups they die young: the collector's share drops to about 1 us.
 _PREPARE_ROWS = 500
+
+# Rows per COPY statement at most. Ending a COPY costs one round trip (about 0.1% of a
+# 100,000-row COPY here); a server-side refusal is then reported within this many rows.
+_COPY_ROWS = 100_000
 
 # SQL defaults that have one value for the whole transaction in PostgreSQL, so evaluating
 # them once per batch gives every row what an INSERT would have given it.
@@ -204,7 +218,7 @@ class CopyWriter:
             try:
                 append(record(row, sql))
             except Exception:  # redone slowly, to name the row and the column
-                append(self._slow_record(spec.columns, row, start + offset, sql))
+                append(self._slow_record(spec, row, start + offset, sql))
         return records
 
     async def write_all(self, session: AsyncSession, batches: Batches, progress: Progress) -> int:
@@ -227,12 +241,19 @@ class CopyWriter:
         written = 0
         while pending is not None:
             feed = _Feed(self, batches, pending, sql, progress)
-            await driver.copy_records_to_table(
-                self.table_name,
-                records=feed.stream_async() if batches.is_async else feed.stream(),
-                columns=[p.column.name for p in feed.spec.columns],
-                schema_name=self.schema,
-            )
+            columns = [p.column.name for p in feed.spec.columns]
+            try:
+                async with contextlib.aclosing(feed.stream()) as records:
+                    await driver.copy_records_to_table(
+                        self.table_name, records=records, columns=columns, schema_name=self.schema
+                    )
+            except Exception as exc:
+                if isinstance(exc, DbkeelError):
+                    raise
+                # asyncpg's own exception: raised as SQLAlchemy raises it for an INSERT
+                target = f"{self.schema}.{self.table_name}" if self.schema else self.table_name
+                statement = f"COPY {target} ({', '.join(columns)}) FROM STDIN (FORMAT binary)"
+                raise driver_error(raw, self.plan.dialect, exc, statement) from exc
             written += feed.written
             pending = feed.pending
         return written
@@ -246,13 +267,17 @@ class CopyWriter:
                 values.append(await session.scalar(select(cast(p.sql_default, p.column.type))))
         return tuple(values)
 
-    def _slow_record(
-        self, spec: list[ColumnPlan], row: Any, index: int, sql: tuple[Any, ...]
-    ) -> Any:
+    def _slow_record(self, spec: _Spec, row: Any, index: int, sql: tuple[Any, ...]) -> Any:
+        # A key the row lacks comes from its block, as on the fast path: keys made a
+        # group at a time stay in input order. (They are wire values, valid as made.)
+        made = {b.key: b.next() for b in spec.blocks if b.key not in row}
         filled = self.plan.mappings([row], index)[0]
         sql_values = iter(sql)
         out: list[Any] = []
-        for p in spec:
+        for p in spec.columns:
+            if p.key in made:
+                out.append(made[p.key])
+                continue
             value = filled.get(p.key, _MISSING)
             if p.sql_default is not None and p.default is None:
                 fallback = next(sql_values)
@@ -271,8 +296,9 @@ class CopyWriter:
         model = self.plan.model_name
         return BulkRowError(
             f"row {index} of the {model} bulk write leaves out {key!r}, which other rows of "
-            f"its batch give and the database would otherwise fill. COPY sends one column "
-            f"list per batch: give {key!r} in every row or in none, or use method='insert'.",
+            f"rows sent with it give and the database would otherwise fill. COPY sends one "
+            f"column list for up to {_PREPARE_ROWS} rows at a time: give {key!r} in every "
+            f"row or in none, or use method='insert'.",
             row_index=index,
             column=key,
         )
@@ -361,27 +387,20 @@ class _Feed:
             return False
         start, rows = batch
         prepared = _Pending(start, self.writer._prepare(rows, start))
-        if self.writer._spec_for(prepared.rows) is not self.spec:
+        if self.written >= _COPY_ROWS or self.writer._spec_for(prepared.rows) is not self.spec:
             self.pending = prepared
             return False
         self.current = prepared
         return True
 
-    def stream(self) -> Iterator[tuple[Any, ...]]:
-        while True:
-            records = self._take()
-            yield from records
-            self._sent(records)
-            if not self._next(self.batches.next(_PREPARE_ROWS)):
-                self._done()
-                return
-
-    async def stream_async(self) -> AsyncIterator[tuple[Any, ...]]:
+    async def stream(self) -> AsyncGenerator[tuple[Any, ...]]:
         while True:
             records = self._take()
             for record in records:
                 yield record
             self._sent(records)
+            # a turn for the other tasks, and the point where a timeout or cancel lands
+            await asyncio.sleep(0)
             if not self._next(await self.batches.anext(_PREPARE_ROWS)):
                 self._done()
                 return
