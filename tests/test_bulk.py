@@ -7,11 +7,12 @@ import datetime as dt
 import enum
 import itertools
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from typing import Any
 
 import pytest
+import sqlalchemy.exc
 from sqlalchemy import (
     JSON,
     Enum,
@@ -31,6 +32,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, MappedAsDataclass, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+import dbkeel.bulk.copy
 from dbkeel import (
     BulkLoadInterruptedError,
     BulkRowError,
@@ -529,13 +531,14 @@ async def test_copy_encrypts_like_session_add(pg_url: str, create_tables: Create
 async def test_copy_refusal_in_a_later_batch_discards_the_whole_copy(
     pg_tables: DatabaseManager,
 ) -> None:
-    # Batches 0-2 are already streamed when row 35 is refused: COPY is aborted mid-way.
-    rows: list[dict[str, Any]] = [{"name": f"n{i}"} for i in range(50)]
-    rows[35]["seen_at"] = dt.datetime(2026, 1, 1)  # naive: refused
+    # About 1.4 MB of rows (asyncpg sends every 512 KiB) reached the server before row
+    # 700, in the second group of 500, is refused: COPY is aborted mid-way.
+    rows: list[dict[str, Any]] = [{"name": f"n{i}", "note": "x" * 2000} for i in range(800)]
+    rows[700]["seen_at"] = dt.datetime(2026, 1, 1)  # naive: refused
     async with pg_tables.get_session() as session:
         session.add(Thing(name="before"))
         await session.flush()
-        with pytest.raises(BulkRowError, match=r"^row 35 of the Thing") as caught:
+        with pytest.raises(BulkRowError, match=r"^row 700 of the Thing") as caught:
             await bulk_insert(session, Thing, rows, batch_size=10, method="copy")
         assert caught.value.column == "seen_at"
         # the aborted COPY left the connection usable, in the same transaction
@@ -661,8 +664,9 @@ async def test_cancelled_load_with_commit_every_keeps_the_committed_chunks(
         await halfway.wait()
         await asyncio.sleep(0.1)
         task.cancel()
-        with pytest.raises(asyncio.CancelledError):
+        with pytest.raises(asyncio.CancelledError) as caught:
             await task
+        assert "the first 40 rows of the input are committed" in "\n".join(caught.value.__notes__)
         # chunks [0, 20) and [20, 40) are committed; rows 40-44 of the third are not
         assert await _count(db) == 40
         assert progress[-1] == 40
@@ -712,3 +716,137 @@ async def test_copy_is_not_started_for_a_refusal_in_the_first_group(
     async with pg_tables.get_session() as session:
         await bulk_insert(session, Thing, rows[:60], method="copy")
     assert started == ["bulk_things"]
+
+
+async def test_copy_of_a_list_leaves_the_event_loop_free_and_honours_a_timeout(
+    pg_tables: DatabaseManager,
+) -> None:
+    # asyncpg encodes a plain iterable without awaiting; dbkeel must still yield, or
+    # every other task (and any timeout) would wait for the whole load.
+    rows: list[dict[str, Any]] = [{"name": f"n{i}", "note": "x" * 50} for i in range(200_000)]
+    gaps: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def ticker() -> None:
+        last = loop.time()
+        while True:
+            await asyncio.sleep(0.005)
+            now = loop.time()
+            gaps.append(now - last)
+            last = now
+
+    tick = asyncio.create_task(ticker())
+    started = loop.time()
+    async with pg_tables.get_session() as session:
+        await bulk_insert(session, Thing, rows, method="copy")
+    took = loop.time() - started
+    tick.cancel()
+    assert took > 0.5, f"the load took {took:.2f} s: too short to show a stall"
+    assert max(gaps) < 0.2, f"the event loop stalled {max(gaps):.2f} s during a {took:.2f} s load"
+
+    async with pg_tables.get_session() as session:
+        started = loop.time()
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.2):
+                await bulk_insert(session, Thing, rows, method="copy")
+        assert loop.time() - started < 0.2 + 0.3  # the timeout lands within a group
+        # the SAVEPOINT undid the interrupted load; the session carries on
+        session.add(Thing(name="after"))
+    names = [t.name for t in await _all(pg_tables) if not t.name.startswith("n")]
+    assert names == ["after"]
+    assert await _count(pg_tables) == 200_001
+
+
+@pytest.mark.parametrize("method", ["copy", "insert"])
+async def test_a_duplicate_key_raises_integrity_error_on_either_path(
+    pg_tables: DatabaseManager, method: str
+) -> None:
+    taken = uuid.uuid4()
+    async with pg_tables.get_session() as session:
+        session.add(Thing(name="taken", id=taken))
+    rows: list[dict[str, Any]] = [{"name": f"n{i}"} for i in range(30)]
+    rows[20]["id"] = taken
+    async with pg_tables.get_session() as session:
+        with pytest.raises(sqlalchemy.exc.IntegrityError) as caught:
+            await bulk_insert(session, Thing, rows, method=method)  # type: ignore[arg-type]
+        assert caught.value.orig is not None
+        assert "bulk_things_pkey" in str(caught.value.orig)
+        if method == "copy":
+            assert caught.value.statement is not None
+            assert caught.value.statement.startswith("COPY bulk_things (")
+        session.add(Thing(name="after"))  # the failed call left the session usable
+    assert sorted(t.name for t in await _all(pg_tables)) == ["after", "taken"]
+
+
+async def test_copy_reports_a_server_refusal_without_reading_all_the_input(
+    pg_tables: DatabaseManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # PostgreSQL answers a COPY only at its end: each COPY is capped so that a duplicate
+    # key early in a long input is reported before the rest of the input is read.
+    monkeypatch.setattr(dbkeel.bulk.copy, "_COPY_ROWS", 1000)
+    taken = uuid.uuid4()
+    async with pg_tables.get_session() as session:
+        session.add(Thing(name="taken", id=taken))
+    read = 0
+
+    def rows() -> Iterator[dict[str, Any]]:
+        nonlocal read
+        for i in range(20_000):
+            read += 1
+            yield {"name": f"n{i}", **({"id": taken} if i == 5 else {})}
+
+    async with pg_tables.get_session() as session:
+        with pytest.raises(sqlalchemy.exc.IntegrityError):
+            await bulk_insert(session, Thing, rows(), method="copy")
+    assert read <= 1000 + 2 * 500  # the capped COPY and the group read for the next one
+    assert await _count(pg_tables) == 1
+
+
+async def test_copy_keeps_generated_uuid7_keys_in_input_order_on_the_slow_path(
+    pg_tables: DatabaseManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Rows that leave out a nullable column other rows of their group give are built
+    # one by one (the slow path); their keys still come from the group's block.
+    made: list[int] = []
+    real = dbkeel.bulk.copy.uuid7_packed
+
+    def counting(count: int) -> bytes:
+        made.append(count)
+        return real(count)
+
+    monkeypatch.setattr(dbkeel.bulk.copy, "uuid7_packed", counting)
+    rows: list[dict[str, Any]] = [
+        {"name": f"{i:04d}", **({} if i % 3 == 0 else {"note": "n"})} for i in range(1200)
+    ]
+    async with pg_tables.get_session() as session:
+        await bulk_insert(session, Thing, rows, method="copy")
+    assert made == [500, 500, 200]  # one block per group of 500 rows
+    things = sorted(await _all(pg_tables), key=lambda t: t.name)
+    assert [t.note for t in things[:4]] == [None, "n", "n", None]
+    ids = [t.id for t in things]
+    assert ids == sorted(ids)
+
+
+async def test_lost_commit_in_a_commit_every_load_reports_the_rows_in_doubt(
+    pg_tables: DatabaseManager,
+) -> None:
+    chunks = 0
+
+    async with pg_tables.get_session() as session:
+
+        @event.listens_for(session.sync_session, "before_commit")
+        def lose_the_connection(sync_session: Any) -> None:
+            nonlocal chunks
+            if sync_session.in_nested_transaction():
+                return  # a chunk's RELEASE SAVEPOINT, not its COMMIT
+            chunks += 1
+            if chunks == 2:  # the second chunk's COMMIT never gets an answer
+                sync_session.execute(text("SELECT pg_terminate_backend(pg_backend_pid())"))
+
+        rows = [{"name": f"n{i}"} for i in range(50)]
+        with pytest.raises(BulkLoadInterruptedError) as caught:
+            await bulk_insert(session, Thing, rows, commit_every=20, method="copy")
+    assert caught.value.rows_committed == 20
+    assert caught.value.rows_in_doubt == 20
+    assert "either the first 20 or the first 40 rows" in str(caught.value)
+    assert await _count(pg_tables) == 20

@@ -243,6 +243,14 @@ async def test_manager_scoped_to_its_metadata_starts_without_other_models_keys(
     await manager.close()
 
 
+def test_manager_metadata_must_be_a_metadata_not_the_base_class() -> None:
+    class Base(DeclarativeBase):
+        pass
+
+    with pytest.raises(ConfigurationError, match=r"is not a MetaData.*Pass Base\.metadata"):
+        DatabaseManager(metadata=Base)  # type: ignore[arg-type]
+
+
 async def test_engine_without_key_ring_raises_key_ring_error(
     db: DatabaseManager, create_tables: CreateTables
 ) -> None:

@@ -60,7 +60,7 @@ class DatabaseManager:
 
     Example::
 
-        db = DatabaseManager()
+        db = DatabaseManager(metadata=Base.metadata)
         await db.initialize()
         async with db.get_session() as session:
             user = await session.get(User, user_id)
@@ -74,6 +74,12 @@ class DatabaseManager:
         key_provider: KeyProvider | None = None,
         metadata: MetaData | None = None,
     ) -> None:
+        if metadata is not None and not isinstance(metadata, MetaData):
+            hint = "Base.metadata" if hasattr(metadata, "metadata") else "a sqlalchemy.MetaData"
+            raise ConfigurationError(
+                f"DatabaseManager(metadata={metadata!r}) is not a MetaData: it names the "
+                f"tables of the models this manager serves. Pass {hint}."
+            )
         self._settings = settings
         # Encrypted columns: keys come from this provider (a KMS, a vault) instead of the
         # DATABASE_ENCRYPTION_KEYS setting; it is called once, in initialize().

@@ -33,7 +33,7 @@ from sqlalchemy.sql.functions import FunctionElement
 
 from dbkeel._translate import driver_error
 from dbkeel.bulk.batches import Batches, Progress
-from dbkeel.bulk.prepare import ColumnPlan, RowPlan
+from dbkeel.bulk.prepare import ColumnPlan, RowPlan, _Scalar
 from dbkeel.exceptions import BulkRowError, ConfigurationError, DbkeelError
 from dbkeel.types.uuid import UUIDType, uuid4_packed, uuid7, uuid7_packed
 
@@ -159,6 +159,9 @@ def _record_function(spec: list[ColumnPlan]) -> tuple[Any, list[_KeyBlock]]:
         if plain is not None:
             names[f"d{i}"] = plain
             value = f"({value} if {p.key!r} in row else d{i}())"
+        elif isinstance(p.default, _Scalar):
+            names[f"s{i}"] = p.default.value
+            value = f"({value} if {p.key!r} in row else s{i})"
         elif p.sql_default is not None:
             value = f"({value} if {p.key!r} in row else sql[{sql_index}])"
             sql_index += 1

@@ -74,8 +74,7 @@ def _python_default(
     if not isinstance(default, ColumnDefault):
         return None
     if default.is_scalar:
-        value = default.arg
-        return lambda _row: value
+        return _Scalar(default.arg)
     if default.is_callable:
         fn: Any = default.arg
         plain = _zero_argument(getattr(fn, "__wrapped__", None))
@@ -97,6 +96,18 @@ class _Plain:
 
     def __call__(self, _row: dict[str, Any]) -> Any:
         return self.plain()
+
+
+class _Scalar:
+    """A constant default, callable with the row like the others."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __call__(self, _row: dict[str, Any]) -> Any:
+        return self.value
 
 
 def _zero_argument(fn: Any) -> Callable[[], Any] | None:
@@ -186,9 +197,10 @@ class RowPlan:
         self.keys = frozenset(self.by_key)
         self.computed = frozenset(c.key for c in self.columns if c.column.computed is not None)
         self.required = frozenset(c.key for c in self.columns if c.required)
-        #: every Python default takes no arguments: COPY can fill them in its record loop
+        #: every Python default is a constant or takes no arguments: COPY can fill them
+        #: in its record loop
         self.plain_defaults = all(
-            isinstance(c.default, _Plain) for c in self.columns if c.default is not None
+            isinstance(c.default, _Plain | _Scalar) for c in self.columns if c.default is not None
         )
 
     # -- validation and defaults --------------------------------------------------------

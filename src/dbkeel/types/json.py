@@ -123,6 +123,7 @@ class JSONBType(PortableType[Any]):
         super().__init__()
         self.mutable = mutable
         self.encoder = encoder
+        self._bind: Callable[[Any], Any] | None = None  # made once: it needs no dialect
 
     @property
     def python_type(self) -> type[Any]:
@@ -139,15 +140,19 @@ class JSONBType(PortableType[Any]):
 
     def encode(self, value: Any) -> str:
         """*value* as JSON text, or ``InvalidValueError`` naming the column."""
-        try:
-            return make_encoder(self.encoder)(value)
-        except (TypeError, ValueError, RecursionError) as exc:
-            raise self._unencodable(value, exc) from exc
+        bind = self._bind or self.bind_processor(None)  # type: ignore[arg-type]
+        encoded: str = bind(value)
+        return encoded
 
     def _unencodable(self, value: Any, exc: BaseException) -> Exception:
+        reason = (
+            "it refers to itself (a reference cycle) or nests deeper than Python's recursion limit"
+            if isinstance(exc, RecursionError)
+            else f"it cannot be written as JSON ({exc})"
+        )
         return self.invalid(
             value,
-            f"it cannot be written as JSON ({exc})",
+            reason,
             "Convert the value to dicts, lists, str, int, float, bool and None, or pass "
             "JSONBType(encoder=...) a function that converts the unsupported objects.",
         )
@@ -157,6 +162,8 @@ class JSONBType(PortableType[Any]):
 
     def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any]:
         # One closure around a reused C encoder (make_encoder): faster than json.dumps.
+        if self._bind is not None:
+            return self._bind
         encode = make_encoder(self.encoder)
         unencodable = self._unencodable
 
@@ -168,6 +175,7 @@ class JSONBType(PortableType[Any]):
             except (TypeError, ValueError, RecursionError) as exc:
                 raise unencodable(value, exc) from exc
 
+        self._bind = bind_json
         return bind_json
 
     def __repr__(self) -> str:
