@@ -68,9 +68,13 @@ async def test_pgbouncer_mode_runs_concurrent_transactions_through_transaction_p
         assert await _workload(db.get_session) == []
         async with db.get_session() as session:
             assert await session.scalar(select(func.count()).select_from(Item)) == 180
-            # COPY joins the session's transaction through PgBouncer as well
-            await bulk_insert(session, Item, [{"name": f"b{i}"} for i in range(2000)])
+            # COPY joins the session's transaction through PgBouncer as well: it is seen
+            # inside it, and a rollback takes it back
+            rows = [{"name": f"b{i}"} for i in range(2000)]
+            assert await bulk_insert(session, Item, rows, method="copy") == 2000
             assert await session.scalar(select(func.count()).select_from(Item)) == 2180
+            await session.rollback()
+            assert await session.scalar(select(func.count()).select_from(Item)) == 180
 
 
 async def test_plain_sqlalchemy_engine_breaks_there(
