@@ -850,3 +850,155 @@ async def test_lost_commit_in_a_commit_every_load_reports_the_rows_in_doubt(
     assert caught.value.rows_in_doubt == 20
     assert "either the first 20 or the first 40 rows" in str(caught.value)
     assert await _count(pg_tables) == 20
+
+
+async def test_an_error_from_the_input_mid_copy_is_raised_as_itself(
+    pg_tables: DatabaseManager,
+) -> None:
+    def rows() -> Iterator[dict[str, Any]]:
+        for i in range(3000):
+            if i == 2000:
+                raise ValueError("the feed broke")
+            yield {"name": f"n{i}"}
+
+    async with pg_tables.get_session() as session:
+        with pytest.raises(ValueError, match="the feed broke") as caught:
+            await bulk_insert(session, Thing, rows(), method="copy")
+        assert caught.value.__cause__ is None
+        session.add(Thing(name="after"))
+    assert [t.name for t in await _all(pg_tables)] == ["after"]
+
+
+async def test_a_connection_killed_mid_copy_is_dropped_from_the_pool(
+    pg_url: str, create_tables: CreateTables
+) -> None:
+    settings = make_settings(pg_url, environment="production", pool_size=1, max_overflow=0)
+    async with DatabaseManager(settings) as db:
+        await create_tables(db, Base.metadata)
+        pids: list[int] = []
+
+        async def rows() -> AsyncIterator[dict[str, Any]]:
+            for i in range(20_000):
+                if i == 10_000:  # about 2 MB are streamed: kill the loading backend
+                    async with DatabaseManager(make_settings(pg_url)) as admin:
+                        async with admin.get_session() as other:
+                            await other.execute(
+                                text("SELECT pg_terminate_backend(:pid)"), {"pid": pids[0]}
+                            )
+                yield {"name": f"n{i}", "note": "x" * 200}
+
+        async with db.get_session() as session:
+            pids.append(await session.scalar(text("SELECT pg_backend_pid()")))
+            with pytest.raises(sqlalchemy.exc.DBAPIError) as caught:
+                await bulk_insert(session, Thing, rows(), method="copy")
+            assert caught.value.connection_invalidated
+            assert caught.value.statement is not None
+            assert caught.value.statement.startswith("COPY bulk_things")
+            await session.rollback()  # as after any lost connection (SQLAlchemy's rule)
+        assert db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+        # the pool's one connection was replaced: the next session works at once
+        async with db.get_session() as session:
+            assert await session.scalar(text("SELECT pg_backend_pid()")) != pids[0]
+            assert await session.scalar(select(func.count()).select_from(Thing)) == 0
+
+
+async def test_a_commit_failure_that_is_not_a_lost_connection_leaves_nothing_in_doubt(
+    pg_tables: DatabaseManager,
+) -> None:
+    commits = 0
+    async with pg_tables.get_session() as session:
+
+        @event.listens_for(session.sync_session, "before_commit")
+        def refuse(sync_session: Any) -> None:
+            nonlocal commits
+            if sync_session.in_nested_transaction():
+                return
+            commits += 1
+            if commits == 2:
+                raise RuntimeError("a check before COMMIT refused it")
+
+        with pytest.raises(BulkLoadInterruptedError) as caught:
+            await bulk_insert(
+                session, Thing, [{"name": f"n{i}"} for i in range(50)], commit_every=20
+            )
+    assert (caught.value.rows_committed, caught.value.rows_in_doubt) == (20, 0)
+    assert "the first 20 rows of the input are committed" in str(caught.value)
+    assert await _count(pg_tables) == 20
+
+
+def test_constant_defaults_keep_copy_on_its_fast_path() -> None:
+    from sqlalchemy import inspect as sa_inspect
+    from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
+
+    from dbkeel.bulk.prepare import RowPlan
+
+    # Thing's defaults: uuid7, list, Mood.happy, Decimal("0.00"), False, 1
+    assert RowPlan(sa_inspect(Thing), asyncpg_dialect()).plain_defaults
+    # a default that reads the row's other values needs the general path
+    assert not RowPlan(sa_inspect(Child), asyncpg_dialect()).plain_defaults
+
+
+async def test_capped_copies_keep_order_progress_and_column_lists(
+    pg_tables: DatabaseManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dbkeel.bulk.copy, "_COPY_ROWS", 1000)
+    copies: list[int] = []
+    real_copy = dbkeel.bulk.copy.CopyWriter.write_all
+
+    rows: list[dict[str, Any]] = [{"name": f"{i:05d}"} for i in range(3333)]
+    for row in rows[1200:1500]:
+        row["note"] = "given"  # another column list from row 1200 on (in groups of 500)
+    progress: list[int] = []
+
+    import asyncpg
+
+    real = asyncpg.Connection.copy_records_to_table
+
+    async def count_copies(self: Any, table_name: str, **kwargs: Any) -> Any:
+        copies.append(len(kwargs["columns"]))
+        return await real(self, table_name, **kwargs)
+
+    monkeypatch.setattr(asyncpg.Connection, "copy_records_to_table", count_copies)
+    async with pg_tables.get_session() as session:
+        count = await bulk_insert(
+            session,
+            Thing,
+            rows,
+            batch_size=300,
+            method="copy",
+            on_progress=lambda sent, _total: progress.append(sent),
+        )
+    assert real_copy is dbkeel.bulk.copy.CopyWriter.write_all
+    assert count == 3333
+    assert progress[-1] == 3333 and progress == sorted(set(progress))
+    assert len(copies) >= 4  # capped at 1000 rows, and a new list at the note groups
+    things = sorted(await _all(pg_tables), key=lambda t: t.name)
+    assert [t.name for t in things] == [r["name"] for r in rows]
+    assert [t.id for t in things] == sorted(t.id for t in things)  # uuid7 in input order
+    assert [t.note for t in things].count("given") == 300
+
+
+async def test_a_long_refused_value_is_shortened_in_the_message(tables: DatabaseManager) -> None:
+    rows: list[dict[str, Any]] = [{"name": "ok"}, {"name": "bad", "seen_at": "x" * 20_000}]
+    async with tables.get_session() as session:
+        with pytest.raises(BulkRowError, match=r"^row 1 of the Thing") as caught:
+            await bulk_insert(session, Thing, rows)
+    assert len(str(caught.value)) < 1500
+    assert "(20002 chars)" in str(caught.value)
+
+
+async def test_copy_names_row_and_column_of_a_value_asyncpg_cannot_encode(
+    pg_tables: DatabaseManager,
+) -> None:
+    # No bind processing for a plain Integer: asyncpg's encoder is the first to see "7".
+    rows: list[dict[str, Any]] = [{"id": i, "text": f"t{i}"} for i in range(1200)]
+    rows[900]["id"] = "900"
+    async with pg_tables.get_session() as session:
+        session.add(Note(id=-1, text="before"))
+        with pytest.raises(BulkRowError, match=r"^row 900 of the Note bulk write") as caught:
+            await bulk_insert(session, Note, rows, method="copy")
+        assert caught.value.column == "id"
+        assert "'900'" in str(caught.value)
+        assert caught.value.__cause__ is None
+    async with pg_tables.get_session() as session:
+        assert list(await session.scalars(select(Note.text))) == ["before"]

@@ -239,3 +239,28 @@ async def test_a_loaded_document_that_is_only_read_is_not_written_back(
     event.remove(db.engine.sync_engine, "before_cursor_execute", record)
     assert statements
     assert not [s for s in statements if s.lstrip().upper().startswith("UPDATE")]
+
+
+def test_metadata_with_json_columns_still_pickles_after_use() -> None:
+    # Tools (multiprocessing, Alembic helpers, caches) pickle MetaData; a cached closure
+    # on the type would break that after the first value is encoded.
+    import pickle
+
+    from sqlalchemy import Column, Integer, MetaData, Table
+    from sqlalchemy.dialects import postgresql
+
+    from dbkeel.types import EncryptedType, JSONBType
+
+    md = MetaData()
+    table = Table(
+        "pickled",
+        md,
+        Column("id", Integer, primary_key=True),
+        Column("doc", JSONBType),
+        Column("secret_doc", EncryptedType(JSONBType)),
+    )
+    doc_type = table.c.doc.type
+    assert doc_type.encode({"a": 1}) == '{"a": 1}'
+    assert doc_type.bind_processor(postgresql.dialect())({"a": [1]}) == '{"a": [1]}'
+    copied = pickle.loads(pickle.dumps(md))
+    assert copied.tables["pickled"].c.doc.type.encode({"b": 2}) == '{"b": 2}'

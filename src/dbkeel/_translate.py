@@ -64,25 +64,30 @@ def translate_errors(pool: Pool | None = None, *, pool_timeout: float = 0.0) -> 
         raise concurrent_update_error(exc) from exc
 
 
-def driver_error(connection: Any, dialect: Dialect, exc: Exception, statement: str) -> Exception:
-    """*exc*, raised by the driver outside SQLAlchemy (COPY), as SQLAlchemy raises it.
+def driver_error(
+    connection: Any, dialect: Dialect, exc: Exception, statement: str
+) -> sqlalchemy.exc.DBAPIError | None:
+    """*exc*, raised by asyncpg outside SQLAlchemy (COPY), as SQLAlchemy raises it.
 
     *connection* is SQLAlchemy's adapted DBAPI connection. Its exception hook maps the
     driver's exception to the DBAPI class (asyncpg's ``UniqueViolationError`` to
     ``IntegrityError``) and notes a closed connection; the result is wrapped like any
     statement's error, so that a caller catches ``sqlalchemy.exc.IntegrityError``
-    whichever path wrote the rows. An exception the hook cannot map comes back as is.
+    whichever path wrote the rows. None for anything else (the caller's own exceptions,
+    an encoder's ``TypeError``): those are raised as they are.
     """
+    if not type(exc).__module__.startswith("asyncpg"):
+        return None
     handle = getattr(connection, "_handle_exception", None)  # SQLAlchemy's asyncio adapters
     if handle is None:
-        return exc
+        return None
     try:
         handle(exc)
     except Exception as adapted:  # the hook always raises
         dbapi = dialect.loaded_dbapi
         if not isinstance(adapted, dbapi.Error):
-            return exc
-        return sqlalchemy.exc.DBAPIError.instance(
+            return None
+        wrapped = sqlalchemy.exc.DBAPIError.instance(
             statement,
             None,
             adapted,
@@ -90,7 +95,9 @@ def driver_error(connection: Any, dialect: Dialect, exc: Exception, statement: s
             connection_invalidated=dialect.is_disconnect(adapted, connection, None),
             dialect=dialect,
         )
-    return exc  # pragma: no cover - the hook returned
+        # always a DBAPIError here: `adapted` is the DBAPI's own Error
+        return wrapped if isinstance(wrapped, sqlalchemy.exc.DBAPIError) else None
+    return None  # pragma: no cover - the hook returned
 
 
 def concurrent_update_error(exc: StaleDataError) -> ConcurrentUpdateError:

@@ -223,16 +223,22 @@ async def _run(
 
 
 def _interrupted(plan: RowPlan, committed: int, in_doubt: int, exc: BaseException) -> str:
+    """What a stopped commit_every load left committed, and how to resume it."""
+    if isinstance(exc, asyncio.CancelledError):
+        cause = "it was cancelled"
+        why = "the COMMIT was cancelled before its answer came"
+    else:
+        cause = f"{type(exc).__name__}: {exc}"
+        why = "the connection was lost during a COMMIT"
     what = (
         f"the first {committed} rows of the input are committed"
         if not in_doubt
-        else f"the connection was lost during a COMMIT, so either the first {committed} "
-        f"or the first {committed + in_doubt} rows of the input are committed: count "
-        f"them before resuming"
+        else f"{why}, so either the first {committed} or the first {committed + in_doubt} "
+        f"rows of the input are committed: count them before resuming"
     )
     return (
-        f"the bulk write of {plan.model_name} stopped ({type(exc).__name__}: {exc}); "
-        f"{what}, the ones after them are not. Fix the cause, then resume with the rows "
-        f"after those: re-create the input (the old one was read past that point) and "
-        f"skip the committed rows, e.g. itertools.islice(make_rows(), {committed}, None)."
+        f"the bulk write of {plan.model_name} stopped ({cause}); {what}, the ones after "
+        f"them are not. Fix the cause, then resume with the rows after those: re-create "
+        f"the input (the old one was read past that point) and skip the committed rows, "
+        f"e.g. itertools.islice(make_rows(), {committed}, None)."
     )

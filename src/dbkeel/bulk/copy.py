@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import decimal
 import itertools
 import uuid
 from collections.abc import AsyncGenerator, Callable
@@ -34,7 +35,7 @@ from sqlalchemy.sql.functions import FunctionElement
 from dbkeel._translate import driver_error
 from dbkeel.bulk.batches import Batches, Progress
 from dbkeel.bulk.prepare import ColumnPlan, RowPlan, _Scalar
-from dbkeel.exceptions import BulkRowError, ConfigurationError, DbkeelError
+from dbkeel.exceptions import BulkRowError, ConfigurationError
 from dbkeel.types.uuid import UUIDType, uuid4_packed, uuid7, uuid7_packed
 
 __all__ = ["CopyWriter", "copy_refused", "copy_unsupported_reason"]
@@ -251,12 +252,21 @@ class CopyWriter:
                         self.table_name, records=records, columns=columns, schema_name=self.schema
                     )
             except Exception as exc:
-                if isinstance(exc, DbkeelError):
-                    raise
                 # asyncpg's own exception: raised as SQLAlchemy raises it for an INSERT
                 target = f"{self.schema}.{self.table_name}" if self.schema else self.table_name
                 statement = f"COPY {target} ({', '.join(columns)}) FROM STDIN (FORMAT binary)"
-                raise driver_error(raw, self.plan.dialect, exc, statement) from exc
+                refused = feed.unencodable(exc)
+                if refused is not None:
+                    # from None: asyncpg's error is in the message; the record is not shown
+                    raise refused from None
+                error = driver_error(raw, self.plan.dialect, exc, statement)
+                if error is None:
+                    raise
+                if error.connection_invalidated:
+                    # what SQLAlchemy does for a statement: the pool drops the connection,
+                    # and the SAVEPOINT's rollback is not tried on a dead one
+                    await conn.invalidate(error)
+                raise error from exc
             written += feed.written
             pending = feed.pending
         return written
@@ -298,8 +308,8 @@ class CopyWriter:
     def _uneven(self, index: int, key: str) -> BulkRowError:
         model = self.plan.model_name
         return BulkRowError(
-            f"row {index} of the {model} bulk write leaves out {key!r}, which other rows of "
-            f"rows sent with it give and the database would otherwise fill. COPY sends one "
+            f"row {index} of the {model} bulk write leaves out {key!r}, which other rows sent "
+            f"with it give and the database would otherwise fill. COPY sends one "
             f"column list for up to {_PREPARE_ROWS} rows at a time: give {key!r} in every "
             f"row or in none, or use method='insert'.",
             row_index=index,
@@ -359,19 +369,23 @@ class _Feed:
         # The first group's records are made now, before COPY starts: a value its type
         # refuses stops the load with nothing sent. Later groups are made while COPY runs.
         self._ready: list[tuple[Any, ...]] | None = self._make(first)
+        self._ready_start = first.start
         self.current = None
+        self.sending: tuple[int, list[tuple[Any, ...]]] = (first.start, [])
+        self.last: tuple[Any, ...] | None = None
+        self.raised = False
 
     def _make(self, batch: _Pending) -> list[tuple[Any, ...]]:
         return self.writer._records(self.spec, batch.rows, batch.start, self.sql)
 
-    def _take(self) -> list[tuple[Any, ...]]:
+    def _take(self) -> tuple[int, list[tuple[Any, ...]]]:
         ready, self._ready = self._ready, None
         if ready is not None:
-            return ready
+            return self._ready_start, ready
         batch = self.current
         assert batch is not None
         self.current = None
-        return self._make(batch)
+        return batch.start, self._make(batch)
 
     def _sent(self, records: list[tuple[Any, ...]]) -> None:
         self.written += len(records)
@@ -397,16 +411,67 @@ class _Feed:
         return True
 
     async def stream(self) -> AsyncGenerator[tuple[Any, ...]]:
-        while True:
-            records = self._take()
-            for record in records:
-                yield record
-            self._sent(records)
-            # a turn for the other tasks, and the point where a timeout or cancel lands
-            await asyncio.sleep(0)
-            if not self._next(await self.batches.anext(_PREPARE_ROWS)):
-                self._done()
-                return
+        try:
+            while True:
+                start, records = self._take()
+                self.sending = (start, records)
+                for record in records:
+                    self.last = record  # asyncpg encodes each record as it gets it
+                    yield record
+                self._sent(records)
+                # a turn for the other tasks, and the point where a timeout or cancel lands
+                await asyncio.sleep(0)
+                if not self._next(await self.batches.anext(_PREPARE_ROWS)):
+                    self._done()
+                    return
+        except Exception:
+            self.raised = True  # the input's (or a default's) error, not asyncpg's
+            raise
+
+    def unencodable(self, exc: Exception) -> BulkRowError | None:
+        """asyncpg's encoder refused a value of the record sent last: name row and column.
+
+        Values reach the encoder after their type's bind processing, so a refusal comes
+        from a column without one (an ``Integer`` given ``"7"``). The column named is the
+        first one of the record whose value is not of the column's Python type; a number
+        type takes any number, as asyncpg does.
+        """
+        if self.raised or self.last is None or not isinstance(exc, _ENCODER_ERRORS):
+            return None
+        start, records = self.sending
+        offset = next((i for i, r in enumerate(records) if r is self.last), None)
+        if offset is None:  # pragma: no cover - the last record is always in its group
+            return None
+        index = start + offset
+        plan = self.writer.plan
+        for p, value in zip(self.spec.columns, self.last, strict=True):
+            if value is None or p.processor is not None:
+                continue
+            expected = _python_type(p)
+            if expected is None or isinstance(value, expected):
+                continue
+            return plan.refused(p, value, index, exc)
+        return BulkRowError(
+            f"row {index} of the {plan.model_name} bulk write holds a value PostgreSQL's "
+            f"binary COPY cannot encode ({type(exc).__name__}: {exc}). Give each column a "
+            f"value of its Python type, or use method='insert', which names the column.",
+            row_index=index,
+        )
+
+
+# What asyncpg's codecs raise for a value of the wrong Python type or range.
+_ENCODER_ERRORS = (TypeError, ValueError, OverflowError)
+_NUMBERS = (int, float, decimal.Decimal)
+
+
+def _python_type(p: ColumnPlan) -> type | tuple[type, ...] | None:
+    try:
+        expected: type = p.column.type.python_type
+    except NotImplementedError:
+        return None
+    if expected in _NUMBERS:
+        return _NUMBERS
+    return expected
 
 
 def copy_refused(reason: str) -> ConfigurationError:

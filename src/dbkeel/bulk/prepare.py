@@ -26,6 +26,7 @@ from sqlalchemy.sql.schema import ColumnDefault, Computed, Identity
 from sqlalchemy.sql.schema import Sequence as SqlSequence
 
 from dbkeel.exceptions import BulkRowError, ConfigurationError, DbkeelError
+from dbkeel.types._base import shown as _shown
 
 __all__ = ["ColumnPlan", "DefaultContext", "RowPlan"]
 
@@ -349,7 +350,8 @@ class RowPlan:
         if plan.secret:
             shown, why, kept = "a value (hidden: the column is sensitive)", type(exc).__name__, None
         else:
-            shown, why, kept = f"{value!r}", f"{type(exc).__name__}: {exc}", value
+            # shortened: a long value (a 10 KB document) makes an unreadable message
+            shown, why, kept = _shown(value), _cut(f"{type(exc).__name__}: {exc}"), value
         return BulkRowError(
             f"row {index} of the {self.model_name} bulk write: column {plan.key!r} "
             f"({plan.column.type!r}) refused {shown} ({why}). Fix the value in the input "
@@ -364,3 +366,7 @@ def _decorated(plan: ColumnPlan) -> bool:
     from sqlalchemy.types import TypeDecorator
 
     return isinstance(plan.column.type, TypeDecorator)
+
+
+def _cut(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"

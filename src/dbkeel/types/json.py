@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import enum
+import functools
 import json
 import json.encoder
 import uuid
@@ -74,6 +75,18 @@ def make_encoder(default: Callable[[Any], Any] | None) -> Callable[[Any], str]:
     document; this one is built once and reused (about 3x faster per value), without
     the circular-reference bookkeeping: a cycle raises ``RecursionError`` instead.
     """
+    try:
+        return _cached_encoder(default)  # one per encoder function
+    except TypeError:  # an unhashable callable: built for this use only
+        return _build_encoder(default)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_encoder(default: Callable[[Any], Any] | None) -> Callable[[Any], str]:
+    return _build_encoder(default)
+
+
+def _build_encoder(default: Callable[[Any], Any] | None) -> Callable[[Any], str]:
     if _c_make_encoder is None:  # an interpreter without the _json accelerator
         return json.JSONEncoder(default=default, allow_nan=False).encode
     encoder = _c_make_encoder(
@@ -123,7 +136,6 @@ class JSONBType(PortableType[Any]):
         super().__init__()
         self.mutable = mutable
         self.encoder = encoder
-        self._bind: Callable[[Any], Any] | None = None  # made once: it needs no dialect
 
     @property
     def python_type(self) -> type[Any]:
@@ -140,9 +152,10 @@ class JSONBType(PortableType[Any]):
 
     def encode(self, value: Any) -> str:
         """*value* as JSON text, or ``InvalidValueError`` naming the column."""
-        bind = self._bind or self.bind_processor(None)  # type: ignore[arg-type]
-        encoded: str = bind(value)
-        return encoded
+        try:
+            return make_encoder(self.encoder)(value)  # one per encoder function, cached
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise self._unencodable(value, exc) from exc
 
     def _unencodable(self, value: Any, exc: BaseException) -> Exception:
         reason = (
@@ -162,8 +175,6 @@ class JSONBType(PortableType[Any]):
 
     def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any]:
         # One closure around a reused C encoder (make_encoder): faster than json.dumps.
-        if self._bind is not None:
-            return self._bind
         encode = make_encoder(self.encoder)
         unencodable = self._unencodable
 
@@ -175,7 +186,6 @@ class JSONBType(PortableType[Any]):
             except (TypeError, ValueError, RecursionError) as exc:
                 raise unencodable(value, exc) from exc
 
-        self._bind = bind_json
         return bind_json
 
     def __repr__(self) -> str:
