@@ -249,16 +249,10 @@ def test_metadata_with_json_columns_still_pickles_after_use() -> None:
     from sqlalchemy import Column, Integer, MetaData, Table
     from sqlalchemy.dialects import postgresql
 
-    from dbkeel.types import EncryptedType, JSONBType
+    from dbkeel.types import JSONBType
 
     md = MetaData()
-    table = Table(
-        "pickled",
-        md,
-        Column("id", Integer, primary_key=True),
-        Column("doc", JSONBType),
-        Column("secret_doc", EncryptedType(JSONBType)),
-    )
+    table = Table("pickled", md, Column("id", Integer, primary_key=True), Column("doc", JSONBType))
     doc_type = table.c.doc.type
     assert doc_type.encode({"a": 1}) == '{"a": 1}'
     assert doc_type.bind_processor(postgresql.dialect())({"a": [1]}) == '{"a": [1]}'
