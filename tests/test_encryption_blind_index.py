@@ -1,4 +1,4 @@
-"""Blind index: kept in sync on ORM inserts/updates and Core inserts, searchable, keyed."""
+"""Blind index: kept in sync on ORM and Core inserts and updates, searchable, keyed."""
 
 from __future__ import annotations
 
@@ -6,7 +6,18 @@ import hashlib
 import hmac
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select
+from sqlalchemy import (
+    Column,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from dbkeel import DatabaseManager, EncryptedType
@@ -74,6 +85,78 @@ async def test_core_insert_fills_the_index_from_the_source_column(
             )
         )
     assert found == 7
+
+
+async def _ids_matching(db: DatabaseManager, user: type, email: str) -> list[int]:
+    async with db.get_session() as session:
+        found = await session.scalars(
+            select(user.id).where(blind_match(user.email_index, email)).order_by(user.id)  # type: ignore[attr-defined]
+        )
+        return list(found)
+
+
+async def test_every_kind_of_update_keeps_the_index_in_sync(
+    enc_db: DatabaseManager, create_tables: CreateTables
+) -> None:
+    Base, User = user_model()
+    await create_tables(enc_db, Base.metadata)
+    table = User.__table__  # type: ignore[attr-defined]
+    async with enc_db.get_session() as session:
+        session.add_all([User(id=i, email=f"u{i}@old.example") for i in range(1, 6)])
+
+    # Core update(table).values()
+    async with enc_db.engine.begin() as conn:
+        await conn.execute(update(table).where(table.c.id == 1).values(email="one@new.example"))
+        # executemany with bind parameters
+        await conn.execute(
+            update(table).where(table.c.id == bindparam("b_id")).values(email=bindparam("b_em")),
+            [{"b_id": 2, "b_em": "two@new.example"}, {"b_id": 3, "b_em": "three@new.example"}],
+        )
+    async with enc_db.get_session() as session:
+        # ORM-enabled UPDATE .. WHERE
+        await session.execute(update(User).where(User.id == 4).values(email="four@new.example"))
+        # ORM bulk UPDATE by primary key
+        await session.execute(update(User), [{"id": 5, "email": "five@new.example"}])
+
+    for i, word in enumerate(["one", "two", "three", "four", "five"], start=1):
+        assert await _ids_matching(enc_db, User, f"{word}@NEW.example") == [i]
+        assert await _ids_matching(enc_db, User, f"u{i}@old.example") == []
+
+
+async def test_an_update_to_null_clears_the_index_and_an_explicit_index_is_kept(
+    enc_db: DatabaseManager, create_tables: CreateTables
+) -> None:
+    Base, User = user_model()
+    await create_tables(enc_db, Base.metadata)
+    table = User.__table__  # type: ignore[attr-defined]
+    async with enc_db.get_session() as session:
+        session.add_all([User(id=1, email="a@example.com"), User(id=2, email="b@example.com")])
+    async with enc_db.engine.begin() as conn:
+        await conn.execute(update(table).where(table.c.id == 1).values(email=None))
+        # the statement sets the index itself: left as given
+        await conn.execute(
+            update(table).where(table.c.id == 2).values(email="c@example.com", email_index="x")
+        )
+        assert await conn.scalar(select(table.c.email_index).where(table.c.id == 1)) is None
+    assert await _ids_matching(enc_db, User, "x") == [2]
+    assert await _ids_matching(enc_db, User, "c@example.com") == []
+
+
+async def test_an_update_from_a_sql_expression_is_refused_with_what_to_do(
+    enc_db: DatabaseManager, create_tables: CreateTables
+) -> None:
+    Base, User = user_model()
+    await create_tables(enc_db, Base.metadata)
+    table = User.__table__  # type: ignore[attr-defined]
+    async with enc_db.get_session() as session:
+        session.add(User(id=1, email="a@example.com"))
+    with pytest.raises(
+        ConfigurationError, match=r"bidx_users\.email to a SQL expression"
+    ) as caught:
+        async with enc_db.engine.begin() as conn:
+            await conn.execute(update(table).values(email=func.lower(table.c.email)))
+    assert "Set 'email_index' in the same .values()" in str(caught.value)
+    assert await _ids_matching(enc_db, User, "a@example.com") == [1]
 
 
 async def test_index_is_hmac_of_normalized_value_under_the_index_key(

@@ -2,8 +2,10 @@
 
 A ``BlindIndex`` column next to an encrypted one holds HMAC-SHA256(index key,
 ``table.source`` + normalized plaintext). It is filled on every ORM insert and update of the
-source attribute, and on Core inserts that give the source column; compare it with a
-plaintext and the plaintext is hashed the same way at execution::
+source attribute, on Core inserts that give the source column, and on every UPDATE
+statement (Core or ORM-enabled, ``.values()`` or executemany parameters) that sets the
+source column without setting the index; compare it with a plaintext and the plaintext is
+hashed the same way at execution::
 
     class User(Base):
         __tablename__ = "users"
@@ -23,9 +25,10 @@ from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Column, ColumnDefault, Table, event
-from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.orm import Mapper
-from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.dml import Update
+from sqlalchemy.sql.elements import BindParameter, ColumnElement, Null
 from sqlalchemy.types import LargeBinary, TypeDecorator, TypeEngine
 
 from dbkeel.encryption import registry
@@ -63,6 +66,10 @@ class BlindIndex(TypeDecorator[bytes]):
         self.source = source
         self.normalize = normalize
         self._ident: bytes | None = None
+        # the names an UPDATE may use for the source and for this column: column keys,
+        # and the ORM attribute names once the model is mapped
+        self._source_names: set[str] = {source}
+        self._index_names: set[str] = set()
 
     def _set_parent(self, parent: Any, outer: bool = False, **kw: Any) -> None:
         super()._set_parent(parent, outer=outer, **kw)
@@ -71,6 +78,8 @@ class BlindIndex(TypeDecorator[bytes]):
 
     def _attach(self, column: Column[Any], table: Table) -> None:
         self._ident = f"{table.name}.{self.source}".encode()
+        self._index_names.add(column.key)
+        _listen_to_updates()
         registry.register(column, "blind_index")
         if column.default is None:
             # Core inserts that give the source column get their index too.
@@ -115,6 +124,9 @@ class BlindIndex(TypeDecorator[bytes]):
 
     def __repr__(self) -> str:
         return f"BlindIndex({self.source!r})"
+
+    def _ident_name(self) -> str:
+        return self._ident.decode() if self._ident else self.source
 
 
 def _default_from(source: str) -> Callable[[Any], Any]:
@@ -180,6 +192,99 @@ def _on_mapper_configured(mapper: Mapper[Any], class_: type) -> None:
         isinstance(c.type, BlindIndex) for c in mapper.local_table.c
     ):
         return
-    mapper.class_manager.info["dbkeel_blind_indexes"] = _index_columns(mapper)
+    indexes = _index_columns(mapper)
+    for index_key, source_key, type_ in indexes:
+        type_._index_names.add(index_key)
+        type_._source_names.add(source_key)
+    mapper.class_manager.info["dbkeel_blind_indexes"] = indexes
     event.listen(mapper, "before_insert", _before_insert)
     event.listen(mapper, "before_update", _before_update)
+
+
+# -- keeping the index in sync on UPDATE statements ---------------------------------------
+
+_listening = False
+
+
+def _listen_to_updates() -> None:
+    """Watch UPDATE statements on every engine, from the first BlindIndex column on.
+
+    A statement that is not an UPDATE costs one isinstance check; an UPDATE of a table
+    without a blind index, one pass over its columns.
+    """
+    global _listening
+    if not _listening:
+        event.listen(Engine, "before_execute", _before_execute, retval=True)
+        _listening = True
+
+
+def _before_execute(
+    conn: Connection,
+    statement: Any,
+    multiparams: list[dict[str, Any]],
+    params: dict[str, Any],
+    execution_options: Any,
+) -> tuple[Any, list[dict[str, Any]], dict[str, Any]]:
+    if not isinstance(statement, Update):
+        return statement, multiparams, params
+    columns = getattr(statement.table, "c", ())
+    for column in columns:
+        type_ = column.type
+        if isinstance(type_, BlindIndex):
+            statement, multiparams, params = _sync_update(
+                statement, multiparams, params, column, type_
+            )
+    return statement, multiparams, params
+
+
+def _named(key: Any, names: set[str]) -> bool:
+    # .values() keys: a str (column key or ORM attribute name), a Column, an attribute
+    return (key if isinstance(key, str) else getattr(key, "key", None)) in names
+
+
+def _sync_update(
+    statement: Update,
+    multiparams: list[dict[str, Any]],
+    params: dict[str, Any],
+    column: Column[Any],
+    type_: BlindIndex,
+) -> tuple[Update, list[dict[str, Any]], dict[str, Any]]:
+    values: dict[Any, Any] = statement._values or {}  # what .values() set
+    if any(_named(k, type_._index_names) for k in values):
+        return statement, multiparams, params  # the statement sets the index itself
+    # The index is set to the plaintext: the column's type hashes it when binding.
+    given = [v for k, v in values.items() if _named(k, type_._source_names)]
+    if given:
+        value = given[0]
+        if isinstance(value, Null) or value is None:
+            return statement.values({column: None}), multiparams, params
+        if isinstance(value, BindParameter) and not value.required:
+            return statement.values({column: value.effective_value}), multiparams, params
+        if not isinstance(value, BindParameter):
+            raise ConfigurationError(
+                f"An UPDATE sets {type_._ident_name()} to a SQL expression ({value}), so its "
+                f"blind index {column.key!r} cannot be computed in Python. Set "
+                f"{column.key!r} in the same .values() (to the plaintext: the column's type "
+                f"hashes it), or set the source to a plain value."
+            )
+        # bindparam("name") filled by the execute parameters: index it from each of them
+        name = value.key
+        key = f"{name}_dbkeel_index"
+        statement = statement.values({column: BindParameter(key, type_=column.type)})
+        return statement, *_add_index_param(multiparams, params, name, key)
+    if values:
+        return statement, multiparams, params  # the source is not set: nothing to do
+    # no .values(): the parameters' keys are the SET clause (executemany, ORM flushes)
+    source_key = column.table.c[type_.source].key
+    return statement, *_add_index_param(multiparams, params, source_key, column.key)
+
+
+def _add_index_param(
+    multiparams: list[dict[str, Any]], params: dict[str, Any], source: str, key: str
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    def fill(row: dict[str, Any]) -> dict[str, Any]:
+        if source not in row or key in row:
+            return row
+        return {**row, key: row[source]}  # the plaintext: the index column's type hashes it
+
+    return [fill(row) for row in multiparams], fill(params) if params else params
