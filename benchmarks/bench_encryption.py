@@ -1,9 +1,11 @@
 """Encrypted columns (issue 4): per-value cost of dbkeel's EncryptedType against raw AESGCM
 (the floor), advanced-alchemy's EncryptedString (its default Fernet backend) and
 sqlalchemy-utils' StringEncryptedType(..., AesGcmEngine); then 100k rows inserted and read
-back on PostgreSQL with one encrypted column.
+back on PostgreSQL with one encrypted column; then what the blind-index UPDATE hook (on an
+engine whose key ring has a blind-index key) costs the statements of a request.
 
-Goals: dbkeel / raw AESGCM <= 1.5 per value; each library / dbkeel >= 3.
+Goals: dbkeel / raw AESGCM <= 1.5 per value; each library / dbkeel >= 3; the UPDATE hook
+<= 1.02 on a request's statements.
 Run: ``python -m benchmarks encryption``.
 """
 
@@ -144,3 +146,57 @@ async def main() -> None:
 
     async with DatabaseManager(settings, key_provider=Keys()) as db:
         await bulk(tables, md, db)
+    await update_hook(settings, key_id, key)
+
+
+async def update_hook(settings: DatabaseSettings, key_id: str, key: str) -> None:
+    """Statements on two managers that differ only in the blind-index key of their ring."""
+    _, index_key = generate_key("index")
+    rings = {
+        "no blind-index key": KeyRing.parse(f"{key_id}:{key}"),
+        "with blind-index key (UPDATE hook)": KeyRing.parse(f"{key_id}:{key}", index_key=index_key),
+    }
+    md = MetaData()
+    table = Table(
+        "bench_enc_hook",
+        md,
+        Column("id", Integer, primary_key=True),
+        Column("name", String(50)),
+    )
+    candidates = {}
+    managers = []
+    for name, ring in rings.items():
+
+        class Keys:
+            async def load_key_ring(self, ring: KeyRing = ring) -> KeyRing:
+                return ring
+
+        db = DatabaseManager(settings, key_provider=Keys())
+        await db.initialize()
+        managers.append(db)
+
+        async def run(db: DatabaseManager = db) -> int:
+            for i in range(500):  # a request's statements: reads and a write
+                async with db.engine.begin() as conn:
+                    await conn.scalar(select(table.c.name).where(table.c.id == 1))
+                    await conn.execute(table.update().where(table.c.id == 1).values(name=f"n{i}"))
+            return 1000
+
+        candidates[name] = run
+    try:
+        async with managers[0].engine.begin() as conn:
+            await conn.run_sync(md.drop_all)
+            await conn.run_sync(md.create_all)
+            await conn.execute(insert(table).values(id=1, name="n"))
+        await compare(
+            "select + update by primary key, PostgreSQL (a table without blind index)",
+            candidates,
+            baseline="no blind-index key",
+            rounds=7,
+            goal="goal: ratio <= 1.02",
+        )
+        async with managers[0].engine.begin() as conn:
+            await conn.run_sync(md.drop_all)
+    finally:
+        for db in managers:
+            await db.close()

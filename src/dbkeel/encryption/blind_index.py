@@ -34,7 +34,7 @@ from sqlalchemy.types import LargeBinary, TypeDecorator, TypeEngine
 from dbkeel.encryption import registry
 from dbkeel.exceptions import ConfigurationError, EncryptedValueError
 
-__all__ = ["BlindIndex", "blind_match", "normalize_text"]
+__all__ = ["BlindIndex", "blind_match", "normalize_text", "watch_updates"]
 
 INDEX_SIZE = 32
 
@@ -79,7 +79,6 @@ class BlindIndex(TypeDecorator[bytes]):
     def _attach(self, column: Column[Any], table: Table) -> None:
         self._ident = f"{table.name}.{self.source}".encode()
         self._index_names.add(column.key)
-        _listen_to_updates()
         registry.register(column, "blind_index")
         if column.default is None:
             # Core inserts that give the source column get their index too.
@@ -203,19 +202,16 @@ def _on_mapper_configured(mapper: Mapper[Any], class_: type) -> None:
 
 # -- keeping the index in sync on UPDATE statements ---------------------------------------
 
-_listening = False
 
+def watch_updates(engine: Engine) -> None:
+    """Keep blind indexes in sync on *engine*'s UPDATE statements (idempotent).
 
-def _listen_to_updates() -> None:
-    """Watch UPDATE statements on every engine, from the first BlindIndex column on.
-
-    A statement that is not an UPDATE costs one isinstance check; an UPDATE of a table
-    without a blind index, one pass over its columns.
+    Called by ``use_key_ring`` for a ring with a blind-index key: only an engine that can
+    compute an index needs it. A statement that is not an UPDATE costs one isinstance
+    check; an UPDATE of a table without a blind index, one pass over its columns.
     """
-    global _listening
-    if not _listening:
-        event.listen(Engine, "before_execute", _before_execute, retval=True)
-        _listening = True
+    if not event.contains(engine, "before_execute", _before_execute):
+        event.listen(engine, "before_execute", _before_execute, retval=True)
 
 
 def _before_execute(

@@ -18,11 +18,13 @@ from __future__ import annotations
 import weakref
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy.engine import Engine
+
 from dbkeel.exceptions import ConfigurationError, KeyRingError
 
 if TYPE_CHECKING:
     from sqlalchemy import Column, MetaData, Table
-    from sqlalchemy.engine import Dialect, Engine
+    from sqlalchemy.engine import Dialect
     from sqlalchemy.ext.asyncio import AsyncEngine
 
     from dbkeel.encryption.keys import KeyProvider, KeyRing
@@ -87,8 +89,12 @@ def _describe(columns: list[Column[Any]]) -> str:
 
 def use_key_ring(engine: AsyncEngine | Engine, ring: KeyRing) -> None:
     """Attach *ring* to *engine*: its encrypted columns use these keys from now on."""
-    dialect = getattr(engine, "sync_engine", engine).dialect
-    setattr(dialect, RING_ATTRIBUTE, ring)
+    sync_engine: Engine = engine if isinstance(engine, Engine) else engine.sync_engine
+    setattr(sync_engine.dialect, RING_ATTRIBUTE, ring)
+    if ring.has_index_key:
+        from dbkeel.encryption.blind_index import watch_updates  # (imports this module)
+
+        watch_updates(sync_engine)
 
 
 def ring_for(dialect: Dialect, column: str) -> KeyRing:
