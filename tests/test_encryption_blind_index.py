@@ -187,3 +187,20 @@ def test_blind_match_refuses_a_column_that_is_not_a_blind_index() -> None:
     t = Table("bidx_plain", MetaData(), Column("id", Integer), Column("name", String(10)))
     with pytest.raises(ConfigurationError, match="needs a BlindIndex column"):
         blind_match(t.c.name, "x")
+
+
+def test_only_an_engine_with_a_blind_index_key_watches_updates() -> None:
+    from sqlalchemy import event
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from dbkeel.encryption import KeyRing, use_key_ring
+    from dbkeel.encryption.blind_index import _before_execute
+
+    without = create_async_engine("sqlite+aiosqlite://")
+    with_key = create_async_engine("sqlite+aiosqlite://")
+    use_key_ring(without, KeyRing.parse(f"k1:{B64['k1']}"))
+    use_key_ring(with_key, KeyRing.parse(f"k1:{B64['k1']}", index_key=B64["index"]))
+    use_key_ring(with_key, KeyRing.parse(f"k1:{B64['k1']}", index_key=B64["index"]))  # again
+    assert not event.contains(without.sync_engine, "before_execute", _before_execute)
+    assert event.contains(with_key.sync_engine, "before_execute", _before_execute)
+    assert len(with_key.sync_engine.dispatch.before_execute) == 1
