@@ -71,6 +71,34 @@ async def test_dry_run_counts_and_rotation_moves_every_row_to_the_active_key(
         assert await values(db, t) == expected
 
 
+async def test_rotation_walks_a_composite_primary_key(
+    db_url: str, create_tables: CreateTables
+) -> None:
+    md = MetaData()
+    t = Table(
+        "rot_members",
+        md,
+        Column("org", String(10), primary_key=True),
+        Column("n", Integer, primary_key=True),
+        Column("secret", EncryptedType(String(60))),
+    )
+    # keys that interleave: (a, 2) < (a, 10) < (b, 1) - the walk must not skip or repeat
+    keys = [(org, n) for org in ("a", "b", "c") for n in (1, 2, 10, 11, 30)]
+    async with DatabaseManager(key_settings(db_url, keys="k1")) as old:
+        await create_tables(old, md)
+        async with old.engine.begin() as conn:
+            await conn.execute(
+                insert(t), [{"org": o, "n": n, "secret": f"{o}-{n}"} for o, n in keys]
+            )
+    async with DatabaseManager(key_settings(db_url, keys="k1,k2", active="k2")) as db:
+        report = await rotate_keys(db, batch_size=4)  # batches end mid-org
+        col = report.columns[0]
+        assert (col.before, col.after, col.rewritten) == ({"k1": 15}, {"k2": 15}, 15)
+        async with db.engine.connect() as conn:
+            got = {(r[0], r[1]): r[2] for r in await conn.execute(select(t))}
+        assert got == {(o, n): f"{o}-{n}" for o, n in keys}
+
+
 async def test_interrupted_rotation_resumes(db_url: str, create_tables: CreateTables) -> None:
     md, t = accounts()
     await seed(db_url, create_tables, md, t)

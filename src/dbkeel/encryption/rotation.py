@@ -21,7 +21,17 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import LargeBinary, bindparam, column, func, literal, select, table, update
+from sqlalchemy import (
+    LargeBinary,
+    bindparam,
+    column,
+    func,
+    literal,
+    select,
+    table,
+    tuple_,
+    update,
+)
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine as AsyncEngineType
 
@@ -138,34 +148,44 @@ def _select_columns(names: Sequence[str] | None) -> list[Column[Any]]:
 
 
 class _RawColumn:
-    """The column seen as raw envelope bytes, with its table's single-column primary key."""
+    """The column seen as raw envelope bytes, with its table's primary key (one or more
+    columns: a composite key is walked in row-value order, ``(a, b) > (:a, :b)``, which
+    PostgreSQL, MariaDB and SQLite >= 3.15 all compare)."""
 
     def __init__(self, col: Column[Any], ring: KeyRing) -> None:
         tbl = col.table
         self.name = f"{tbl.name}.{col.name}"
         pks = list(tbl.primary_key.columns)
-        if len(pks) != 1:
+        if not pks:
             raise ConfigurationError(
                 f"Cannot rotate {self.name}: rotation walks a table by its primary key, and "
-                f"{tbl.name} has {len(pks)} primary-key columns (one is needed)."
+                f"{tbl.name} has none. Give the table a primary key."
             )
         self.ring = ring
         self.ident: bytes = col.type._ident  # type: ignore[attr-defined]
         self.view = table(
             tbl.name,
-            column(pks[0].name, pks[0].type),
+            *(column(pk.name, pk.type) for pk in pks),
             column(col.name, LargeBinary),
             schema=tbl.schema,
         )
-        self.pk = self.view.c[pks[0].name]
+        self.pks = [self.view.c[pk.name] for pk in pks]
         self.value = self.view.c[col.name]
         active = ring.header_of(ring.active_key_id)
         self.not_active = func.substr(self.value, 1, len(active)) != literal(active, LargeBinary)
-        self.lock = update(self.view).where(self.pk.is_(None)).values({col.name: self.value})
+        self.lock = update(self.view).where(self.pks[0].is_(None)).values({col.name: self.value})
+        same_row = [pk == bindparam(f"_pk{i}") for i, pk in enumerate(self.pks)]
         self.cas = (
             update(self.view)
-            .where(self.pk == bindparam("_pk"), self.value == bindparam("_old", type_=LargeBinary))
+            .where(*same_row, self.value == bindparam("_old", type_=LargeBinary))
             .values({col.name: bindparam("_new", type_=LargeBinary)})
+        )
+
+    def _after(self, last: tuple[Any, ...]) -> Any:
+        if len(self.pks) == 1:
+            return self.pks[0] > last[0]
+        return tuple_(*self.pks) > tuple_(
+            *(literal(v, pk.type) for v, pk in zip(last, self.pks, strict=True))
         )
 
     async def count(self, engine: AsyncEngine) -> dict[str, int]:
@@ -198,34 +218,37 @@ class _RawColumn:
         progress: Progress | None,
     ) -> int:
         done = 0
-        last: Any = None
+        last: tuple[Any, ...] | None = None
+        width = len(self.pks)
         while True:
             rows = await self._with_retries(engine, self._batch, last, batch_size)
             if not rows:
                 return done
-            last = rows[-1][0]
+            last = tuple(rows[-1][:width])
             done += len(rows)
             result.rewritten += len(rows)
             if progress is not None:
                 progress(self.name, min(done, todo), todo)
 
-    async def _batch(self, conn: AsyncConnection, last: Any, batch_size: int) -> list[Any]:
+    async def _batch(
+        self, conn: AsyncConnection, last: tuple[Any, ...] | None, batch_size: int
+    ) -> list[Any]:
         if conn.dialect.name == "sqlite":
             # Take the write lock before reading: a WAL read snapshot cannot be upgraded to
             # a write once another connection has committed (SQLITE_BUSY_SNAPSHOT, no wait).
             await conn.execute(self.lock)
-        query = select(self.pk, self.value).where(self.value.is_not(None), self.not_active)
+        query = select(*self.pks, self.value).where(self.value.is_not(None), self.not_active)
         if last is not None:
-            query = query.where(self.pk > last)
-        rows = (await conn.execute(query.order_by(self.pk).limit(batch_size))).all()
+            query = query.where(self._after(last))
+        rows = (await conn.execute(query.order_by(*self.pks).limit(batch_size))).all()
         if rows:
             ring, ident = self.ring, self.ident
             params = []
-            for pk, blob in rows:
+            for *key, blob in rows:
                 old = bytes(blob)
-                params.append(
-                    {"_pk": pk, "_old": old, "_new": ring.seal(ring.open(old, ident), ident)}
-                )
+                row = {f"_pk{i}": v for i, v in enumerate(key)}
+                row.update(_old=old, _new=ring.seal(ring.open(old, ident), ident))
+                params.append(row)
             await conn.execute(self.cas, params)
         return list(rows)
 
