@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import (
@@ -21,10 +24,11 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from dbkeel import DatabaseManager, EncryptedType
-from dbkeel.encryption import BlindIndex, blind_match
+from dbkeel.encryption import BlindIndex, blind_match, reindex_blind_indexes
 from dbkeel.exceptions import ConfigurationError
 from tests import encryption_support as support
 from tests.conftest import CreateTables, make_settings
+from tests.conftest import run_cli as run_cli
 from tests.encryption_support import B64, INDEX_KEY
 
 enc_db = support.enc_db
@@ -204,3 +208,99 @@ def test_only_an_engine_with_a_blind_index_key_watches_updates() -> None:
     assert not event.contains(without.sync_engine, "before_execute", _before_execute)
     assert event.contains(with_key.sync_engine, "before_execute", _before_execute)
     assert len(with_key.sync_engine.dispatch.before_execute) == 1
+
+
+def _new_index_key_settings(db_url: str) -> Any:
+    # the same encryption key, another blind-index key
+    return make_settings(
+        db_url,
+        encryption_keys=f"k1:{B64['k1']}",
+        encryption_active_key="k1",
+        blind_index_key=B64["k2"],
+    )
+
+
+async def test_reindex_recomputes_every_index_under_a_new_key(
+    enc_db: DatabaseManager, db_url: str, create_tables: CreateTables
+) -> None:
+    Base, User = user_model()
+    await create_tables(enc_db, Base.metadata)
+    table = User.__table__  # type: ignore[attr-defined]
+    async with enc_db.get_session() as session:
+        session.add_all([User(id=i, email=f"u{i}@example.com") for i in range(1, 8)])
+    async with enc_db.engine.begin() as conn:  # a stale index beside a NULL source
+        await conn.execute(update(table).where(table.c.id == 7).values(email=None, email_index="z"))
+
+    async with DatabaseManager(_new_index_key_settings(db_url)) as db:
+        assert await _ids_matching(db, User, "u1@example.com") == []  # old key's indexes
+        seen: list[tuple[str, int]] = []
+        report = await reindex_blind_indexes(
+            db, batch_size=3, progress=lambda name, n: seen.append((name, n))
+        )
+        assert [(c.name, c.checked, c.rewritten) for c in report.columns] == [
+            ("bidx_users.email_index", 7, 7)
+        ]
+        assert seen == [("bidx_users.email_index", n) for n in (3, 6, 7)]
+        for i in range(1, 7):
+            assert await _ids_matching(db, User, f"U{i}@example.com") == [i]
+        async with db.engine.connect() as conn:
+            assert await conn.scalar(select(table.c.email_index).where(table.c.id == 7)) is None
+        again = await reindex_blind_indexes(db)  # nothing left to do: resumable
+        assert again.rewritten == 0
+    # under the old key nothing matches any more
+    assert await _ids_matching(enc_db, User, "u1@example.com") == []
+
+
+async def test_reindex_refuses_unknown_columns_and_a_ring_without_index_key(
+    enc_db: DatabaseManager, create_tables: CreateTables
+) -> None:
+    Base, _ = user_model()
+    await create_tables(enc_db, Base.metadata)
+    with pytest.raises(ConfigurationError, match=r"'bidx_users\.nope' names no blind-index"):
+        await reindex_blind_indexes(enc_db, columns=["bidx_users.nope"])
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from dbkeel.encryption import KeyRing, use_key_ring
+
+    engine = create_async_engine("sqlite+aiosqlite://")
+    use_key_ring(engine, KeyRing.parse(f"k1:{B64['k1']}"))
+    with pytest.raises(ConfigurationError, match="set DATABASE_BLIND_INDEX_KEY"):
+        await reindex_blind_indexes(engine)
+    await engine.dispose()
+
+
+CLI_MODELS = """
+from sqlalchemy import Column, Integer, MetaData, String, Table
+from dbkeel import EncryptedType
+from dbkeel.encryption import BlindIndex
+metadata = MetaData()
+users = Table("bidx_users", metadata, Column("id", Integer, primary_key=True),
+              Column("email", EncryptedType(String(320))),
+              Column("email_index", BlindIndex("email")))
+"""
+
+
+async def test_keys_reindex_cli(
+    enc_db: DatabaseManager, db_url: str, create_tables: CreateTables, tmp_path: Path
+) -> None:
+    Base, User = user_model()
+    await create_tables(enc_db, Base.metadata)
+    async with enc_db.get_session() as session:
+        session.add_all([User(id=i, email=f"u{i}@example.com") for i in range(1, 4)])
+    (tmp_path / "bidx_models.py").write_text(CLI_MODELS)
+    env = {
+        "PYTHONPATH": str(tmp_path),
+        "DATABASE_URL": db_url,
+        "ENVIRONMENT": "test",
+        "DATABASE_ENCRYPTION_KEYS": f"k1:{B64['k1']}",
+        "DATABASE_BLIND_INDEX_KEY": B64["k2"],
+    }
+    done = await asyncio.to_thread(
+        run_cli, "keys", "reindex", "-m", "bidx_models", env=env, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    row = next(line for line in done.stdout.splitlines() if "bidx_users.email_index" in line)
+    assert [cell.strip() for cell in row.split("│")[1:-1]] == ["bidx_users.email_index", "3", "3"]
+    assert B64["k2"] not in done.stdout + done.stderr
+    async with DatabaseManager(_new_index_key_settings(db_url)) as db:
+        assert await _ids_matching(db, User, "u2@example.com") == [2]

@@ -76,7 +76,7 @@ def doctor(
 
 
 keys_app = typer.Typer(
-    help="Encryption keys: make new ones, rotate data away from old ones.",
+    help="Encryption keys: make new ones, rotate data away from old ones, reindex.",
     no_args_is_help=True,
 )
 app.add_typer(keys_app, name="keys")
@@ -110,6 +110,23 @@ def keys_rotate(
     from dbkeel.cli.keys import run_rotate
 
     raise typer.Exit(asyncio.run(run_rotate(models, column or None, batch_size, dry_run)))
+
+
+@keys_app.command("reindex")
+def keys_reindex(
+    models: Annotated[
+        list[str], typer.Option("--models", "-m", help="Module defining the models (repeatable).")
+    ],
+    column: Annotated[
+        list[str] | None,
+        typer.Option("--column", "-c", help="Only this table.column or table (repeatable)."),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Rows per transaction.")] = 500,
+) -> None:
+    """Recompute every blind index under DATABASE_BLIND_INDEX_KEY (after changing that key)."""
+    from dbkeel.cli.keys import run_reindex
+
+    raise typer.Exit(asyncio.run(run_reindex(models, column or None, batch_size)))
 
 
 def main() -> None:

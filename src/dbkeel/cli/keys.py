@@ -1,4 +1,4 @@
-"""``dbkeel keys generate`` and ``dbkeel keys rotate``."""
+"""``dbkeel keys generate``, ``dbkeel keys rotate`` and ``dbkeel keys reindex``."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from rich.table import Table
 
 from dbkeel.cli._console import console, err_console, print_error
 from dbkeel.encryption.keys import generate_key
+from dbkeel.encryption.reindex import reindex_blind_indexes
 from dbkeel.encryption.rotation import RotationReport, rotate_keys
 from dbkeel.exceptions import ConfigurationError, DbkeelError
 from dbkeel.manager import DatabaseManager
@@ -43,13 +44,8 @@ async def run_rotate(
     models: list[str], columns: list[str] | None, batch_size: int, dry_run: bool
 ) -> int:
     """Import the models, rotate (or count), print rows per key id; returns the exit code."""
-    try:
-        for module in models:
-            _import_models(module)
-        db = DatabaseManager()
-        await db.initialize()
-    except DbkeelError as exc:
-        print_error(exc)
+    db = await _manager(models)
+    if db is None:
         return 1
     try:
         with Progress(
@@ -77,6 +73,51 @@ async def run_rotate(
         await db.close()
     _print_report(report)
     return 0 if dry_run or report.remaining == 0 else 1
+
+
+async def run_reindex(models: list[str], columns: list[str] | None, batch_size: int) -> int:
+    """Import the models, recompute their blind indexes, print the counts; the exit code."""
+    db = await _manager(models)
+    if db is None:
+        return 1
+    try:
+        with Progress(TextColumn("{task.description}"), console=err_console, transient=True) as bar:
+            tasks: dict[str, TaskID] = {}
+
+            def on_progress(name: str, checked: int) -> None:
+                if name not in tasks:
+                    tasks[name] = bar.add_task(name)
+                bar.update(tasks[name], description=f"{name}: {checked} rows checked")
+
+            report = await reindex_blind_indexes(
+                db, columns=columns, batch_size=batch_size, progress=on_progress
+            )
+    except DbkeelError as exc:
+        print_error(exc)
+        return 1
+    finally:
+        await db.close()
+    table = Table(title="dbkeel keys reindex: blind indexes under the current key")
+    table.add_column("column")
+    table.add_column("checked", justify="right")
+    table.add_column("rewritten", justify="right")
+    for col in report.columns:
+        table.add_row(col.name, str(col.checked), str(col.rewritten))
+    console.print(table)
+    return 0
+
+
+async def _manager(models: list[str]) -> DatabaseManager | None:
+    """The models imported and a manager initialized, or None after printing the error."""
+    try:
+        for module in models:
+            _import_models(module)
+        db = DatabaseManager()
+        await db.initialize()
+    except DbkeelError as exc:
+        print_error(exc)
+        return None
+    return db
 
 
 def _import_models(module: str) -> None:

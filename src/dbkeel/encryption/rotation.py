@@ -40,8 +40,9 @@ from dbkeel.encryption import registry
 from dbkeel.exceptions import ConfigurationError, RetryableError
 
 if TYPE_CHECKING:
-    from sqlalchemy import Column
+    from sqlalchemy import Column, Table
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+    from sqlalchemy.sql.expression import TableClause
 
     from dbkeel.encryption.keys import KeyRing
     from dbkeel.manager import DatabaseManager
@@ -147,29 +148,46 @@ def _select_columns(names: Sequence[str] | None) -> list[Column[Any]]:
     return chosen
 
 
+def key_view(tbl: Table, binary: list[str], verb: str) -> tuple[TableClause, list[Any]]:
+    """A lightweight view of *tbl*: its primary-key columns, and the *binary* columns as
+    raw bytes (no type processing). Raises ConfigurationError without a primary key."""
+    pks = list(tbl.primary_key.columns)
+    if not pks:
+        raise ConfigurationError(
+            f"Cannot {verb} {tbl.name}: the table is walked by its primary key, and it has "
+            f"none. Give the table a primary key."
+        )
+    view = table(
+        tbl.name,
+        *(column(pk.name, pk.type) for pk in pks),
+        *(column(name, LargeBinary) for name in binary),
+        schema=tbl.schema,
+    )
+    return view, [view.c[pk.name] for pk in pks]
+
+
+def after(pks: list[Any], last: tuple[Any, ...]) -> Any:
+    """``WHERE`` the primary key comes after *last*, in ``ORDER BY *pks`` order."""
+    if len(pks) == 1:
+        return pks[0] > last[0]
+    return tuple_(*pks) > tuple_(*(literal(v, pk.type) for v, pk in zip(last, pks, strict=True)))
+
+
+def retryable(exc: DBAPIError) -> bool:
+    """A deadlock or serialization failure: the batch may be run again."""
+    return sqlstate(exc) in _RETRYABLE_SQLSTATES or mysql_errno(exc) in _RETRYABLE_MYSQL
+
+
 class _RawColumn:
     """The column seen as raw envelope bytes, with its table's primary key (one or more
     columns: a composite key is walked in row-value order, ``(a, b) > (:a, :b)``, which
     PostgreSQL, MariaDB and SQLite >= 3.15 all compare)."""
 
     def __init__(self, col: Column[Any], ring: KeyRing) -> None:
-        tbl = col.table
-        self.name = f"{tbl.name}.{col.name}"
-        pks = list(tbl.primary_key.columns)
-        if not pks:
-            raise ConfigurationError(
-                f"Cannot rotate {self.name}: rotation walks a table by its primary key, and "
-                f"{tbl.name} has none. Give the table a primary key."
-            )
+        self.name = f"{col.table.name}.{col.name}"
         self.ring = ring
         self.ident: bytes = col.type._ident  # type: ignore[attr-defined]
-        self.view = table(
-            tbl.name,
-            *(column(pk.name, pk.type) for pk in pks),
-            column(col.name, LargeBinary),
-            schema=tbl.schema,
-        )
-        self.pks = [self.view.c[pk.name] for pk in pks]
+        self.view, self.pks = key_view(col.table, [col.name], "rotate")
         self.value = self.view.c[col.name]
         active = ring.header_of(ring.active_key_id)
         self.not_active = func.substr(self.value, 1, len(active)) != literal(active, LargeBinary)
@@ -179,13 +197,6 @@ class _RawColumn:
             update(self.view)
             .where(*same_row, self.value == bindparam("_old", type_=LargeBinary))
             .values({col.name: bindparam("_new", type_=LargeBinary)})
-        )
-
-    def _after(self, last: tuple[Any, ...]) -> Any:
-        if len(self.pks) == 1:
-            return self.pks[0] > last[0]
-        return tuple_(*self.pks) > tuple_(
-            *(literal(v, pk.type) for v, pk in zip(last, self.pks, strict=True))
         )
 
     async def count(self, engine: AsyncEngine) -> dict[str, int]:
@@ -221,7 +232,7 @@ class _RawColumn:
         last: tuple[Any, ...] | None = None
         width = len(self.pks)
         while True:
-            rows = await self._with_retries(engine, self._batch, last, batch_size)
+            rows = await in_batches(engine, self.name, self._batch, last, batch_size)
             if not rows:
                 return done
             last = tuple(rows[-1][:width])
@@ -239,7 +250,7 @@ class _RawColumn:
             await conn.execute(self.lock)
         query = select(*self.pks, self.value).where(self.value.is_not(None), self.not_active)
         if last is not None:
-            query = query.where(self._after(last))
+            query = query.where(after(self.pks, last))
         rows = (await conn.execute(query.order_by(*self.pks).limit(batch_size))).all()
         if rows:
             ring, ident = self.ring, self.ident
@@ -252,24 +263,24 @@ class _RawColumn:
             await conn.execute(self.cas, params)
         return list(rows)
 
-    async def _with_retries(
-        self, engine: AsyncEngine, work: Callable[..., Awaitable[Any]], *args: Any
-    ) -> Any:
-        for attempt in range(1, _MAX_BATCH_RETRIES + 1):
-            try:
-                async with engine.begin() as conn:
-                    return await work(conn, *args)
-            except DBAPIError as exc:
-                retryable = (
-                    sqlstate(exc) in _RETRYABLE_SQLSTATES or mysql_errno(exc) in _RETRYABLE_MYSQL
-                )
-                if not retryable:
-                    raise
-                if attempt == _MAX_BATCH_RETRIES:
-                    raise RetryableError(
-                        f"Rotating {self.name}: a batch hit {_MAX_BATCH_RETRIES} deadlocks or "
-                        f"serialization failures in a row. Run it again (it resumes), with a "
-                        f"smaller --batch-size or at a quieter time."
-                    ) from exc
-                await asyncio.sleep(0.05 * attempt)
-        raise AssertionError("unreachable")
+
+async def in_batches(
+    engine: AsyncEngine, name: str, work: Callable[..., Awaitable[Any]], *args: Any
+) -> Any:
+    """``await work(conn, *args)`` in a transaction of its own, retried on a deadlock or
+    serialization failure (a few times, with a short growing pause)."""
+    for attempt in range(1, _MAX_BATCH_RETRIES + 1):
+        try:
+            async with engine.begin() as conn:
+                return await work(conn, *args)
+        except DBAPIError as exc:
+            if not retryable(exc):
+                raise
+            if attempt == _MAX_BATCH_RETRIES:
+                raise RetryableError(
+                    f"Rewriting {name}: a batch hit {_MAX_BATCH_RETRIES} deadlocks or "
+                    f"serialization failures in a row. Run it again (it resumes), with a "
+                    f"smaller --batch-size or at a quieter time."
+                ) from exc
+            await asyncio.sleep(0.05 * attempt)
+    raise AssertionError("unreachable")
