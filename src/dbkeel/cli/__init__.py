@@ -82,6 +82,17 @@ keys_app = typer.Typer(
 app.add_typer(keys_app, name="keys")
 
 
+# options shared by `keys rotate` and `keys reindex`
+_Models = Annotated[
+    list[str], typer.Option("--models", "-m", help="Module defining the models (repeatable).")
+]
+_Columns = Annotated[
+    list[str] | None,
+    typer.Option("--column", "-c", help="Only this table.column or table (repeatable)."),
+]
+_BatchSize = Annotated[int, typer.Option(min=1, help="Rows per transaction.")]
+
+
 @keys_app.command("generate")
 def keys_generate(
     key_id: Annotated[
@@ -96,14 +107,9 @@ def keys_generate(
 
 @keys_app.command("rotate")
 def keys_rotate(
-    models: Annotated[
-        list[str], typer.Option("--models", "-m", help="Module defining the models (repeatable).")
-    ],
-    column: Annotated[
-        list[str] | None,
-        typer.Option("--column", "-c", help="Only this table.column or table (repeatable)."),
-    ] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Rows per transaction.")] = 500,
+    models: _Models,
+    column: _Columns = None,
+    batch_size: _BatchSize = 500,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count rows per key id.")] = False,
 ) -> None:
     """Re-encrypt every value still under an old key with DATABASE_ENCRYPTION_ACTIVE_KEY."""
@@ -114,14 +120,9 @@ def keys_rotate(
 
 @keys_app.command("reindex")
 def keys_reindex(
-    models: Annotated[
-        list[str], typer.Option("--models", "-m", help="Module defining the models (repeatable).")
-    ],
-    column: Annotated[
-        list[str] | None,
-        typer.Option("--column", "-c", help="Only this table.column or table (repeatable)."),
-    ] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Rows per transaction.")] = 500,
+    models: _Models,
+    column: _Columns = None,
+    batch_size: _BatchSize = 500,
 ) -> None:
     """Recompute every blind index under DATABASE_BLIND_INDEX_KEY (after changing that key)."""
     from dbkeel.cli.keys import run_reindex

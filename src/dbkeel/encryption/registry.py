@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import weakref
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Engine
@@ -79,6 +80,27 @@ def encrypted_columns(
         and (metadata is None or metadata.tables.get(c.table.key) is c.table)
     ]
     return sorted(found, key=lambda c: (c.table.name, c.name))
+
+
+def columns_named(kind: str, names: Sequence[str] | None) -> list[Column[Any]]:
+    """The registered columns of *kind* that *names* (``table.column`` or ``table``) name,
+    all of them for None; a ConfigurationError listing the known ones for a name that
+    matches none."""
+    known = encrypted_columns(kind)
+    if names is None:
+        return known
+    chosen: list[Column[Any]] = []
+    what = "encrypted" if kind == "encrypted" else kind.replace("_", "-")
+    for name in names:
+        hits = [c for c in known if name in (c.table.name, f"{c.table.name}.{c.name}")]
+        if not hits:
+            listed = ", ".join(f"{c.table.name}.{c.name}" for c in known) or "none"
+            raise ConfigurationError(
+                f"{name!r} names no {what} column of the loaded models (known: {listed}). "
+                f"Give table.column or a table name, and import the models first."
+            )
+        chosen.extend(c for c in hits if c not in chosen)
+    return chosen
 
 
 def _describe(columns: list[Column[Any]]) -> str:

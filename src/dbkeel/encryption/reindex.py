@@ -90,7 +90,7 @@ async def reindex_blind_indexes(
             "DATABASE_BLIND_INDEX_KEY (make one with `dbkeel keys generate`)."
         )
     report = ReindexReport([])
-    for col in _select_columns(columns):
+    for col in registry.columns_named("blind_index", columns):
         walk = _IndexColumn(col, dialect)
         result = ColumnReindex(walk.name)
         report.columns.append(result)
@@ -102,23 +102,6 @@ async def reindex_blind_indexes(
             if last is None:
                 break
     return report
-
-
-def _select_columns(names: Sequence[str] | None) -> list[Column[Any]]:
-    known = registry.encrypted_columns("blind_index")
-    if names is None:
-        return known
-    chosen: list[Column[Any]] = []
-    for name in names:
-        hits = [c for c in known if name in (c.table.name, f"{c.table.name}.{c.name}")]
-        if not hits:
-            listed = ", ".join(f"{c.table.name}.{c.name}" for c in known) or "none"
-            raise ConfigurationError(
-                f"{name!r} names no blind-index column of the loaded models (known: "
-                f"{listed}). Give table.column or a table name, and import the models first."
-            )
-        chosen.extend(c for c in hits if c not in chosen)
-    return chosen
 
 
 class _IndexColumn:

@@ -109,7 +109,7 @@ async def rotate_keys(
     if batch_size < 1:
         raise ConfigurationError(f"batch_size={batch_size} is invalid: it must be >= 1.")
     engine = db if isinstance(db, AsyncEngineType) else db.engine
-    targets = _select_columns(columns)
+    targets = registry.columns_named("encrypted", columns)
     ring = registry.ring_for(engine.sync_engine.dialect, "key rotation")
     report = RotationReport(ring.active_key_id, dry_run, [])
     for col in targets:
@@ -129,23 +129,6 @@ async def rotate_keys(
             todo = left
         result.after = await raw.count(engine)
     return report
-
-
-def _select_columns(names: Sequence[str] | None) -> list[Column[Any]]:
-    known = registry.encrypted_columns("encrypted")
-    if names is None:
-        return known
-    chosen: list[Column[Any]] = []
-    for name in names:
-        hits = [c for c in known if name in (c.table.name, f"{c.table.name}.{c.name}")]
-        if not hits:
-            listed = ", ".join(f"{c.table.name}.{c.name}" for c in known) or "none"
-            raise ConfigurationError(
-                f"{name!r} names no encrypted column of the loaded models (known: {listed}). "
-                f"Give table.column or a table name, and import the models first."
-            )
-        chosen.extend(c for c in hits if c not in chosen)
-    return chosen
 
 
 def key_view(tbl: Table, binary: list[str], verb: str) -> tuple[TableClause, list[Any]]:
