@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import hmac
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from sqlalchemy import (
@@ -23,7 +23,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from dbkeel import DatabaseManager, EncryptedType
+from dbkeel import DatabaseManager, EncryptedType, bulk_upsert
 from dbkeel.encryption import BlindIndex, blind_match, reindex_blind_indexes
 from dbkeel.exceptions import ConfigurationError
 from tests import encryption_support as support
@@ -304,3 +304,99 @@ async def test_keys_reindex_cli(
     assert B64["k2"] not in done.stdout + done.stderr
     async with DatabaseManager(_new_index_key_settings(db_url)) as db:
         assert await _ids_matching(db, User, "u2@example.com") == [2]
+
+
+async def test_updates_the_hook_must_not_get_wrong(
+    enc_db: DatabaseManager, create_tables: CreateTables
+) -> None:
+    md = MetaData()
+    t = Table(
+        "bidx_more",
+        md,
+        Column("id", Integer, primary_key=True),
+        Column("hits", Integer, default=0),
+        Column("email", EncryptedType(String(320))),
+        Column("email_index", BlindIndex("email")),
+        Column("email_exact", BlindIndex("email", normalize=lambda s: s)),
+    )
+    await create_tables(enc_db, md)
+
+    async def ids(index: Any, value: str) -> list[int]:
+        async with enc_db.engine.connect() as conn:
+            found = await conn.scalars(select(t.c.id).where(blind_match(index, value)))
+            return sorted(found)
+
+    async with enc_db.engine.begin() as conn:
+        await conn.execute(insert(t), [{"id": i, "email": f"old{i}"} for i in range(1, 6)])
+        # .values() for another column, the source in the execute parameters
+        await conn.execute(
+            update(t).where(t.c.id == bindparam("b")).values(hits=t.c.hits + 1),
+            [{"b": 1, "email": "New1"}, {"b": 2, "email": "New2"}],
+        )
+        # execute parameters override the .values() default of the same bindparam
+        await conn.execute(
+            update(t)
+            .where(t.c.id == bindparam("b"))
+            .values(email=bindparam("m", "dflt", type_=t.c.email.type)),
+            [{"b": 3, "m": "New3"}],
+        )
+        # ordered_values() statements stay valid
+        await conn.execute(update(t).where(t.c.id == 4).ordered_values((t.c.email, "New4")))
+    for i in range(1, 5):
+        assert await ids(t.c.email_index, f"new{i}") == [i]
+        assert await ids(t.c.email_exact, f"New{i}") == [i]  # each index its own normalize
+        assert await ids(t.c.email_exact, f"new{i}") == []
+    assert await ids(t.c.email_index, "dflt") == []
+
+
+async def test_bulk_upsert_keeps_the_index_of_an_updated_source(
+    enc_db: DatabaseManager, create_tables: CreateTables
+) -> None:
+    Base, User = user_model()
+    await create_tables(enc_db, Base.metadata)
+    async with enc_db.get_session() as session:
+        session.add_all([User(id=1, email="a@example.com"), User(id=2, email="b@example.com")])
+    async with enc_db.get_session() as session:
+        await bulk_upsert(
+            session,
+            User,
+            [{"id": 1, "email": "c@example.com"}, {"id": 3, "email": "d@example.com"}],
+        )
+    assert await _ids_matching(enc_db, User, "c@example.com") == [1]
+    assert await _ids_matching(enc_db, User, "a@example.com") == []
+    assert await _ids_matching(enc_db, User, "d@example.com") == [3]
+
+
+async def test_orm_bulk_update_of_a_joined_inheritance_model_keeps_the_base_index(
+    enc_db: DatabaseManager, create_tables: CreateTables
+) -> None:
+    from sqlalchemy import ForeignKey
+
+    class Base(DeclarativeBase):
+        pass
+
+    class Emp(Base):
+        __tablename__ = "bidx_emp"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        kind: Mapped[str] = mapped_column(String(10))
+        email: Mapped[str | None] = mapped_column(EncryptedType(String(320)))
+        email_index: Mapped[bytes | None] = mapped_column(BlindIndex("email"))
+        __mapper_args__: ClassVar[dict[str, Any]] = {
+            "polymorphic_on": "kind",
+            "polymorphic_identity": "emp",
+        }
+
+    class Mgr(Emp):
+        __tablename__ = "bidx_mgr"
+        id: Mapped[int] = mapped_column(ForeignKey("bidx_emp.id"), primary_key=True)
+        level: Mapped[int] = mapped_column(default=1)
+        __mapper_args__: ClassVar[dict[str, Any]] = {"polymorphic_identity": "mgr"}
+
+    await create_tables(enc_db, Base.metadata)
+    async with enc_db.get_session() as session:
+        session.add(Mgr(id=2, email="old@example.com"))
+    async with enc_db.get_session() as session:
+        # one UPDATE per table, each seen by the hook as update(Mgr)
+        await session.execute(update(Mgr), [{"id": 2, "email": "new@example.com", "level": 3}])
+    assert await _ids_matching(enc_db, Emp, "new@example.com") == [2]
+    assert await _ids_matching(enc_db, Emp, "old@example.com") == []

@@ -20,6 +20,7 @@ from sqlalchemy.sql.schema import ColumnDefault
 from dbkeel.bulk.batches import Batches, Progress
 from dbkeel.bulk.insert import execute_rows
 from dbkeel.bulk.prepare import DefaultContext, RowPlan
+from dbkeel.encryption.blind_index import BlindIndex
 from dbkeel.exceptions import ConfigurationError
 
 __all__ = ["UpsertWriter"]
@@ -87,6 +88,13 @@ class UpsertWriter:
         for key in chosen:
             name = plan.by_key[key].column.name
             values[name] = incoming[name]
+        for p in plan.columns:
+            # a blind index follows its source: the incoming row's index was computed
+            # from the incoming value
+            index = p.column.type
+            follows = isinstance(index, BlindIndex) and index._source_names.intersection(chosen)
+            if follows and p.key not in chosen:
+                values[p.column.name] = incoming[p.column.name]
         for p in plan.columns:
             onupdate = p.column.onupdate
             if p.key in chosen or p.key in self.conflict or not isinstance(onupdate, ColumnDefault):

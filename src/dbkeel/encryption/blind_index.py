@@ -24,7 +24,7 @@ import unicodedata
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Column, ColumnDefault, Table, event
+from sqlalchemy import Column, ColumnDefault, Table, event, literal, util
 from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.orm import Mapper
 from sqlalchemy.sql.dml import Update
@@ -47,7 +47,8 @@ def normalize_text(value: str) -> str:
 class BlindIndex(TypeDecorator[bytes]):
     """A 32-byte keyed hash of another column's normalized plaintext, for equality lookups.
 
-    *source* is the attribute (column) name of the encrypted column in the same table;
+    *source* is the column key of the encrypted column in the same table (its attribute
+    name, unless ``mapped_column("db_name")`` gave the column another name);
     *normalize* maps a str to the form that is compared (default :func:`normalize_text`:
     case- and width-insensitive). Binding a ``str`` stores its index; binding 32 bytes
     stores them as they are (an index computed elsewhere). The key is the ring's blind-index
@@ -223,56 +224,80 @@ def _before_execute(
 ) -> tuple[Any, list[dict[str, Any]], dict[str, Any]]:
     if not isinstance(statement, Update):
         return statement, multiparams, params
-    columns = getattr(statement.table, "c", ())
-    for column in columns:
+    # An ORM bulk UPDATE of a joined-inheritance model runs one statement per table; each
+    # names the table it writes in this annotation (its .table is the subclass's).
+    target = statement._annotations.get("_emit_update_table", statement.table)
+    for column in getattr(target, "c", ()):
         type_ = column.type
         if isinstance(type_, BlindIndex):
             statement, multiparams, params = _sync_update(
-                statement, multiparams, params, column, type_
+                statement, multiparams, params, target, column, type_
             )
     return statement, multiparams, params
 
 
-def _named(key: Any, names: set[str]) -> bool:
-    # .values() keys: a str (column key or ORM attribute name), a Column, an attribute
-    return (key if isinstance(key, str) else getattr(key, "key", None)) in names
+def _sets(key: Any, target: Any, column: Any, names: set[str]) -> bool:
+    """True when the .values() key *key* names *column* of the UPDATE's *target* table."""
+    if isinstance(key, str):  # a column key or an ORM attribute name
+        return key in names
+    clause = key.__clause_element__() if hasattr(key, "__clause_element__") else key
+    if not isinstance(clause, ColumnElement):
+        return False
+    # a column of another table (a multi-table UPDATE on MariaDB) does not count
+    found = target.c.corresponding_column(clause)
+    return found is not None and found.key == column.key
 
 
 def _sync_update(
     statement: Update,
     multiparams: list[dict[str, Any]],
     params: dict[str, Any],
+    target: Any,
     column: Column[Any],
     type_: BlindIndex,
 ) -> tuple[Update, list[dict[str, Any]], dict[str, Any]]:
     values: dict[Any, Any] = statement._values or {}  # what .values() set
-    if any(_named(k, type_._index_names) for k in values):
+    if any(_sets(k, target, column, type_._index_names) for k in values):
         return statement, multiparams, params  # the statement sets the index itself
+    source = target.c[type_.source]
+    rows = multiparams or ([params] if params else [])
     # The index is set to the plaintext: the column's type hashes it when binding.
-    given = [v for k, v in values.items() if _named(k, type_._source_names)]
-    if given:
+    given = [v for k, v in values.items() if _sets(k, target, source, type_._source_names)]
+    if given and not any(source.key in row for row in rows):
         value = given[0]
-        if isinstance(value, Null) or value is None:
-            return statement.values({column: None}), multiparams, params
-        if isinstance(value, BindParameter) and not value.required:
-            return statement.values({column: value.effective_value}), multiparams, params
-        if not isinstance(value, BindParameter):
-            raise ConfigurationError(
-                f"An UPDATE sets {type_._ident_name()} to a SQL expression ({value}), so its "
-                f"blind index {column.key!r} cannot be computed in Python. Set "
-                f"{column.key!r} in the same .values() (to the plaintext: the column's type "
-                f"hashes it), or set the source to a plain value."
+        if isinstance(value, BindParameter) and (
+            value.required or any(value.key in row for row in rows)
+        ):
+            # filled by the execute parameters: index it from each of them
+            key = f"{value.key}_{column.key}_dbkeel_index"
+            index = BindParameter(key, type_=column.type)
+            return _set(statement, column, index), *_add_index_param(
+                multiparams, params, value.key, key
             )
-        # bindparam("name") filled by the execute parameters: index it from each of them
-        name = value.key
-        key = f"{name}_dbkeel_index"
-        statement = statement.values({column: BindParameter(key, type_=column.type)})
-        return statement, *_add_index_param(multiparams, params, name, key)
-    if values:
-        return statement, multiparams, params  # the source is not set: nothing to do
-    # no .values(): the parameters' keys are the SET clause (executemany, ORM flushes)
-    source_key = column.table.c[type_.source].key
-    return statement, *_add_index_param(multiparams, params, source_key, column.key)
+        if isinstance(value, Null) or value is None:
+            return _set(statement, column, None), multiparams, params
+        if isinstance(value, BindParameter):
+            return _set(statement, column, value.effective_value), multiparams, params
+        raise ConfigurationError(
+            f"An UPDATE sets {type_._ident_name()} to a SQL expression ({value}), so its "
+            f"blind index {column.key!r} cannot be computed in Python. Set {column.key!r} in "
+            f"the same .values() (to the plaintext: the column's type hashes it), or set the "
+            f"source to a plain value."
+        )
+    # the execute parameters give the source (executemany, ORM bulk by primary key, ORM
+    # flushes; with or without .values()): their keys are part of the SET clause
+    return statement, *_add_index_param(multiparams, params, source.key, column.key)
+
+
+def _set(statement: Update, column: Column[Any], value: Any) -> Update:
+    if not statement._maintain_values_ordering:
+        return statement.values({column: value})
+    # ordered_values() cannot be called twice: the index goes last, the order kept
+    ordered = statement._generate()
+    bound = value if isinstance(value, BindParameter) else literal(value, column.type)
+    current: dict[Any, Any] = dict(statement._values or {})
+    ordered._values = util.immutabledict({**current, column: bound})
+    return ordered
 
 
 def _add_index_param(

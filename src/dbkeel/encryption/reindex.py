@@ -137,7 +137,7 @@ class _IndexColumn:
         """Check the next *batch_size* rows; the last key read, or None at the end."""
         query = select(*self.pks, self.source, self.index)
         if last is not None:
-            query = query.where(after(self.pks, last))
+            query = query.where(after(self.pks, last, conn.dialect.name))
         rows = (await conn.execute(query.order_by(*self.pks).limit(batch_size))).all()
         width = len(self.pks)
         params = []

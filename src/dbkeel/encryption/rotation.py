@@ -23,10 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     LargeBinary,
+    and_,
     bindparam,
     column,
     func,
     literal,
+    or_,
     select,
     table,
     tuple_,
@@ -149,11 +151,25 @@ def key_view(tbl: Table, binary: list[str], verb: str) -> tuple[TableClause, lis
     return view, [view.c[pk.name] for pk in pks]
 
 
-def after(pks: list[Any], last: tuple[Any, ...]) -> Any:
-    """``WHERE`` the primary key comes after *last*, in ``ORDER BY *pks`` order."""
+def after(pks: list[Any], last: tuple[Any, ...], dialect: str) -> Any:
+    """``WHERE`` the primary key comes after *last*, in ``ORDER BY *pks`` order.
+
+    A row-value comparison, ``(a, b) > (:a, :b)``, which PostgreSQL and SQLite answer
+    from the primary-key index; MariaDB compares it correctly but scans the index from
+    its start for it (EXPLAIN: type=index), which makes a walk quadratic, so it gets the
+    expanded form ``a > :a OR (a = :a AND b > :b)`` (type=range).
+    """
+    values = [literal(v, pk.type) for v, pk in zip(last, pks, strict=True)]
     if len(pks) == 1:
-        return pks[0] > last[0]
-    return tuple_(*pks) > tuple_(*(literal(v, pk.type) for v, pk in zip(last, pks, strict=True)))
+        return pks[0] > values[0]
+    if dialect not in ("mysql", "mariadb"):
+        return tuple_(*pks) > tuple_(*values)
+    return or_(
+        *(
+            and_(*(pks[j] == values[j] for j in range(i)), pks[i] > values[i])
+            for i in range(len(pks))
+        )
+    )
 
 
 def retryable(exc: DBAPIError) -> bool:
@@ -233,7 +249,7 @@ class _RawColumn:
             await conn.execute(self.lock)
         query = select(*self.pks, self.value).where(self.value.is_not(None), self.not_active)
         if last is not None:
-            query = query.where(after(self.pks, last))
+            query = query.where(after(self.pks, last, conn.dialect.name))
         rows = (await conn.execute(query.order_by(*self.pks).limit(batch_size))).all()
         if rows:
             ring, ident = self.ring, self.ident
