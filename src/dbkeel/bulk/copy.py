@@ -9,8 +9,9 @@ One COPY streams many batches: asyncpg sends each 512 KiB of encoded rows as it 
 so PostgreSQL stores one part of the load while Python prepares the next - on this path
 the two take about as long, and one COPY per batch would leave each idle while the
 other works. A new COPY starts when a batch needs another column list, and after
-``_COPY_ROWS`` rows: PostgreSQL reports a refused row (a duplicate key, a failed CHECK)
-only when its COPY ends, so that bounds how much of the input is read past it.
+``_COPY_ROWS`` rows: PostgreSQL refuses a row (a duplicate key, a failed CHECK) at once,
+but asyncpg reads its answer only when the COPY's input ends, so the cap bounds how much
+of the input is read past a refused row.
 
 The records always reach asyncpg through an async generator that yields to the event
 loop after each group of rows: asyncpg encodes a plain iterable without ever awaiting
@@ -34,7 +35,7 @@ from sqlalchemy.sql.functions import FunctionElement
 
 from dbkeel._translate import driver_error
 from dbkeel.bulk.batches import Batches, Progress
-from dbkeel.bulk.prepare import ColumnPlan, RowPlan, _Scalar
+from dbkeel.bulk.prepare import ColumnPlan, RowPlan, ScalarDefault
 from dbkeel.exceptions import BulkRowError, ConfigurationError
 from dbkeel.types.uuid import UUIDType, uuid4_packed, uuid7, uuid7_packed
 
@@ -49,8 +50,9 @@ _MISSING: Any = object()
 # 100k rows). In small groups they die young: the collector's share drops to about 1 us.
 _PREPARE_ROWS = 500
 
-# Rows per COPY statement at most. Ending a COPY costs one round trip (about 0.1% of a
-# 100,000-row COPY here); a server-side refusal is then reported within this many rows.
+# Rows per COPY statement, about (it ends at the first group past this). Ending a COPY
+# costs a round trip and the wait for PostgreSQL to store what was sent; a refusal by
+# the server is reported within this many rows.
 _COPY_ROWS = 100_000
 
 # SQL defaults that have one value for the whole transaction in PostgreSQL, so evaluating
@@ -160,7 +162,7 @@ def _record_function(spec: list[ColumnPlan]) -> tuple[Any, list[_KeyBlock]]:
         if plain is not None:
             names[f"d{i}"] = plain
             value = f"({value} if {p.key!r} in row else d{i}())"
-        elif isinstance(p.default, _Scalar):
+        elif isinstance(p.default, ScalarDefault):
             names[f"s{i}"] = p.default.value
             value = f"({value} if {p.key!r} in row else s{i})"
         elif p.sql_default is not None:
@@ -252,13 +254,13 @@ class CopyWriter:
                         self.table_name, records=records, columns=columns, schema_name=self.schema
                     )
             except Exception as exc:
-                # asyncpg's own exception: raised as SQLAlchemy raises it for an INSERT
-                target = f"{self.schema}.{self.table_name}" if self.schema else self.table_name
-                statement = f"COPY {target} ({', '.join(columns)}) FROM STDIN (FORMAT binary)"
                 refused = feed.unencodable(exc)
                 if refused is not None:
                     # from None: asyncpg's error is in the message; the record is not shown
                     raise refused from None
+                # asyncpg's own exception: raised as SQLAlchemy raises it for an INSERT
+                target = f"{self.schema}.{self.table_name}" if self.schema else self.table_name
+                statement = f"COPY {target} ({', '.join(columns)}) FROM STDIN (FORMAT binary)"
                 error = driver_error(raw, self.plan.dialect, exc, statement)
                 if error is None:
                     raise

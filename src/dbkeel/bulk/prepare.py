@@ -75,7 +75,7 @@ def _python_default(
     if not isinstance(default, ColumnDefault):
         return None
     if default.is_scalar:
-        return _Scalar(default.arg)
+        return ScalarDefault(default.arg)
     if default.is_callable:
         fn: Any = default.arg
         plain = _zero_argument(getattr(fn, "__wrapped__", None))
@@ -99,7 +99,7 @@ class _Plain:
         return self.plain()
 
 
-class _Scalar:
+class ScalarDefault:
     """A constant default, callable with the row like the others."""
 
     __slots__ = ("value",)
@@ -201,7 +201,9 @@ class RowPlan:
         #: every Python default is a constant or takes no arguments: COPY can fill them
         #: in its record loop
         self.plain_defaults = all(
-            isinstance(c.default, _Plain | _Scalar) for c in self.columns if c.default is not None
+            isinstance(c.default, _Plain | ScalarDefault)
+            for c in self.columns
+            if c.default is not None
         )
 
     # -- validation and defaults --------------------------------------------------------

@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine as AsyncEngineType
 
 from dbkeel.encryption import registry
 from dbkeel.encryption.blind_index import BlindIndex
-from dbkeel.encryption.rotation import after, in_batches, key_view
+from dbkeel.encryption.rotation import after, in_batches, key_view, write_lock
 from dbkeel.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
@@ -96,7 +96,12 @@ async def reindex_blind_indexes(
         report.columns.append(result)
         last: tuple[Any, ...] | None = None
         while True:
-            last = await in_batches(engine, walk.name, walk.batch, last, batch_size, result)
+            # counted once committed: a retried batch is not counted twice
+            last, checked, rewritten = await in_batches(
+                engine, walk.name, walk.batch, last, batch_size
+            )
+            result.checked += checked
+            result.rewritten += rewritten
             if progress is not None:
                 progress(walk.name, result.checked)
             if last is None:
@@ -117,6 +122,7 @@ class _IndexColumn:
         self.view, self.pks = key_view(col.table, [source.name, col.name], "reindex")
         self.source = self.view.c[source.name]
         self.index = self.view.c[col.name]
+        self.lock = write_lock(self.view, self.pks, self.index)
         # the source's own result processing: decrypt, then the inner type's
         decode = source.type.result_processor(dialect, None)
         self.decode: Callable[[Any], Any] = decode if decode is not None else (lambda v: v)
@@ -132,9 +138,11 @@ class _IndexColumn:
         conn: AsyncConnection,
         last: tuple[Any, ...] | None,
         batch_size: int,
-        result: ColumnReindex,
-    ) -> tuple[Any, ...] | None:
-        """Check the next *batch_size* rows; the last key read, or None at the end."""
+    ) -> tuple[tuple[Any, ...] | None, int, int]:
+        """Check the next *batch_size* rows: the last key read (None at the end), the
+        rows checked and the rows rewritten."""
+        if conn.dialect.name == "sqlite":
+            await conn.execute(self.lock)  # see rotation.write_lock
         query = select(*self.pks, self.source, self.index)
         if last is not None:
             query = query.where(after(self.pks, last, conn.dialect.name))
@@ -149,9 +157,8 @@ class _IndexColumn:
                 params.append({**keys, "_read": None if blob is None else bytes(blob), "_new": new})
         if params:
             await conn.execute(self.cas, params)
-        result.checked += len(rows)
-        result.rewritten += len(params)
-        return tuple(rows[-1][:width]) if len(rows) == batch_size else None
+        last = tuple(rows[-1][:width]) if len(rows) == batch_size else None
+        return last, len(rows), len(params)
 
     def _index_of(self, blob: Any) -> bytes | None:
         if blob is None:

@@ -172,6 +172,13 @@ def after(pks: list[Any], last: tuple[Any, ...], dialect: str) -> Any:
     )
 
 
+def write_lock(view: TableClause, pks: list[Any], column: Any) -> Any:
+    """An UPDATE that matches no row, run first in a SQLite batch: it takes the write lock
+    before the batch reads, as a WAL read snapshot cannot be upgraded to a write once
+    another connection has committed (SQLITE_BUSY_SNAPSHOT, no wait)."""
+    return update(view).where(pks[0].is_(None)).values({column.name: column})
+
+
 def retryable(exc: DBAPIError) -> bool:
     """A deadlock or serialization failure: the batch may be run again."""
     return sqlstate(exc) in _RETRYABLE_SQLSTATES or mysql_errno(exc) in _RETRYABLE_MYSQL
@@ -190,7 +197,7 @@ class _RawColumn:
         self.value = self.view.c[col.name]
         active = ring.header_of(ring.active_key_id)
         self.not_active = func.substr(self.value, 1, len(active)) != literal(active, LargeBinary)
-        self.lock = update(self.view).where(self.pks[0].is_(None)).values({col.name: self.value})
+        self.lock = write_lock(self.view, self.pks, self.value)
         same_row = [pk == bindparam(f"_pk{i}") for i, pk in enumerate(self.pks)]
         self.cas = (
             update(self.view)
