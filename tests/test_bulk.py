@@ -7,7 +7,7 @@ import datetime as dt
 import enum
 import itertools
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -827,22 +827,29 @@ async def test_copy_keeps_generated_uuid7_keys_in_input_order_on_the_slow_path(
     assert ids == sorted(ids)
 
 
+def _at_commit(session: Any, number: int, action: Callable[[Any], None]) -> None:
+    """Run *action(sync_session)* just before the session's *number*-th COMMIT (a chunk's
+    RELEASE SAVEPOINT also fires before_commit; it is not counted)."""
+    commits = 0
+
+    @event.listens_for(session.sync_session, "before_commit")
+    def hook(sync_session: Any) -> None:
+        nonlocal commits
+        if sync_session.in_nested_transaction():
+            return
+        commits += 1
+        if commits == number:
+            action(sync_session)
+
+
 async def test_lost_commit_in_a_commit_every_load_reports_the_rows_in_doubt(
     pg_tables: DatabaseManager,
 ) -> None:
-    chunks = 0
+    def lose_the_connection(sync_session: Any) -> None:
+        sync_session.execute(text("SELECT pg_terminate_backend(pg_backend_pid())"))
 
     async with pg_tables.get_session() as session:
-
-        @event.listens_for(session.sync_session, "before_commit")
-        def lose_the_connection(sync_session: Any) -> None:
-            nonlocal chunks
-            if sync_session.in_nested_transaction():
-                return  # a chunk's RELEASE SAVEPOINT, not its COMMIT
-            chunks += 1
-            if chunks == 2:  # the second chunk's COMMIT never gets an answer
-                sync_session.execute(text("SELECT pg_terminate_backend(pg_backend_pid())"))
-
+        _at_commit(session, 2, lose_the_connection)  # the second chunk's COMMIT: no answer
         rows = [{"name": f"n{i}"} for i in range(50)]
         with pytest.raises(BulkLoadInterruptedError) as caught:
             await bulk_insert(session, Thing, rows, commit_every=20, method="copy")
@@ -905,18 +912,11 @@ async def test_a_connection_killed_mid_copy_is_dropped_from_the_pool(
 async def test_a_commit_failure_that_is_not_a_lost_connection_leaves_nothing_in_doubt(
     pg_tables: DatabaseManager,
 ) -> None:
-    commits = 0
+    def refuse(sync_session: Any) -> None:
+        raise RuntimeError("a check before COMMIT refused it")
+
     async with pg_tables.get_session() as session:
-
-        @event.listens_for(session.sync_session, "before_commit")
-        def refuse(sync_session: Any) -> None:
-            nonlocal commits
-            if sync_session.in_nested_transaction():
-                return
-            commits += 1
-            if commits == 2:
-                raise RuntimeError("a check before COMMIT refused it")
-
+        _at_commit(session, 2, refuse)
         with pytest.raises(BulkLoadInterruptedError) as caught:
             await bulk_insert(
                 session, Thing, [{"name": f"n{i}"} for i in range(50)], commit_every=20
