@@ -235,7 +235,7 @@ def _record(statements: list[str]) -> Any:
 async def test_health_of_an_unreachable_server_never_shows_the_password() -> None:
     engine = create_async_engine("postgresql+asyncpg://app:s3cret-pw@127.0.0.1:1/nothing")
     try:
-        report = await check_health(engine, timeout=3, password="s3cret-pw")
+        report = await check_health(engine, timeout=3)
     finally:
         await engine.dispose()
     assert report["reachable"] is False

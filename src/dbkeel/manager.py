@@ -23,6 +23,7 @@ from sqlalchemy import MetaData, text
 from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from dbkeel._masking import scrub_secrets
 from dbkeel._translate import mysql_errno, sqlstate, translate_errors
 from dbkeel.engine import create_engine
 from dbkeel.exceptions import ConfigurationError, DatabaseUnavailableError, ManagerStateError
@@ -290,14 +291,7 @@ class DatabaseManager:
             report = await db.health()
             status_code = 200 if report["reachable"] else 503
         """
-        engine = self.engine
-        settings = self.settings
-        password = settings.url.password
-        return await check_health(
-            engine,
-            timeout=settings.connect_timeout,
-            password=password if isinstance(password, str) else None,
-        )
+        return await check_health(self.engine, timeout=self.settings.connect_timeout)
 
     # -- internals ----------------------------------------------------------------------
 
@@ -402,11 +396,8 @@ def _is_permanent(exc: BaseException) -> bool:
 
 
 def _scrub(text: str, settings: DatabaseSettings) -> str:
-    """*text* with the URL's password replaced, should a driver ever quote it."""
-    password = settings.url.password
-    if isinstance(password, str) and password:
-        return text.replace(password, "***").strip()
-    return text.strip()
+    """*text* with the URL's credentials masked, should a driver ever quote them."""
+    return scrub_secrets(text, [settings.url])
 
 
 def _unavailable(

@@ -24,7 +24,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from dbkeel._settings_errors import describe_validation_error
+from dbkeel._masking import check_userinfo, mask_url
+from dbkeel._settings_errors import describe_validation_error, unknown_settings
 from dbkeel.exceptions import ConfigurationError
 
 __all__ = [
@@ -73,15 +74,6 @@ def default_pool_size() -> int:
     """
     low, high = POOL_SIZE_DEFAULT_RANGE
     return max(low, min(high, _cpu_count() * 2))
-
-
-def mask_url(url: str | URL) -> str:
-    """Render a database URL with its password replaced by ``***``; never raises."""
-    try:
-        parsed = make_url(url) if isinstance(url, str) else url
-    except (ArgumentError, ValueError):
-        return "<unparseable database URL>"
-    return parsed.render_as_string(hide_password=True)
 
 
 def _var(env: str, **kwargs: Any) -> Any:
@@ -276,6 +268,11 @@ class DatabaseSettings(BaseSettings):
         # Constructor arguments are given by field name; pydantic-settings matches them by
         # alias (the variable name). Not validate_by_name: that would also make the env
         # source read un-prefixed variables such as POOL_SIZE.
+        unknown = unknown_settings(
+            values, self.ENV_NAMES, env_file=type(self).model_config.get("env_file")
+        )
+        if unknown:
+            raise ConfigurationError(unknown)
         values = {self.ENV_NAMES.get(key, key): value for key, value in values.items()}
         try:
             super().__init__(**values)
@@ -297,6 +294,19 @@ class DatabaseSettings(BaseSettings):
                 )
             return self
         object.__setattr__(self, "database_url", _normalise_url(self.database_url))
+        return self
+
+    @model_validator(mode="after")
+    def _check_timeouts(self) -> DatabaseSettings:
+        # PostgreSQL and MySQL take whole milliseconds; a value below 1 ms would reach the
+        # server as 0, which means "no limit": the opposite of what was asked.
+        value = self.statement_timeout
+        if value is not None and value < 0.001:
+            raise ValueError(
+                f"DATABASE_STATEMENT_TIMEOUT = {value!r} is below 1 millisecond: the server "
+                f"counts whole milliseconds, so it would become 0, which means no limit "
+                f"at all. Give at least 0.001 (seconds), or none for no limit."
+            )
         return self
 
     @model_validator(mode="after")
@@ -389,7 +399,8 @@ DatabaseSettings.ENV_NAMES = {
 }
 
 
-def _normalise_url(raw: str) -> str:
+def _normalise_url(raw: str, variable: str = "DATABASE_URL") -> str:
+    check_userinfo(raw, variable)
     try:
         url = make_url(raw)
     except (ArgumentError, ValueError):

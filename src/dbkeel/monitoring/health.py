@@ -19,6 +19,7 @@ from typing import Literal, TypedDict
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from dbkeel._masking import scrub_secrets
 from dbkeel.monitoring.pool import PoolMonitor
 from dbkeel.monitoring.status import PoolStatus
 
@@ -63,11 +64,10 @@ async def check_health(
     engine: AsyncEngine,
     *,
     timeout: float = 5.0,  # noqa: ASYNC109 - the budget is part of the report's meaning
-    password: str | None = None,
 ) -> HealthReport:
     """Run ``SELECT 1`` on *engine* within *timeout* s; never raises for a database error.
 
-    *password*, if given, is masked out of the error text.
+    The engine URL's credentials are masked out of the error text.
     """
     latency_ms: float | None = None
     version: str | None = None
@@ -84,8 +84,7 @@ async def check_health(
         error = f"{type(exc).__name__}: {getattr(exc, 'orig', None) or exc}"
         if isinstance(exc, TimeoutError):
             error = f"TimeoutError: no answer within {timeout:g} s"
-        if password:
-            error = error.replace(password, "***")
+        error = scrub_secrets(error, [engine.url])
         logger.warning("health check failed: %s", error, extra={"error": error})
     return HealthReport(
         status="ok" if error is None else "unavailable",
