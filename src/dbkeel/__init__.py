@@ -25,6 +25,7 @@ from dbkeel.exceptions import ManagerStateError as ManagerStateError
 from dbkeel.exceptions import MissingDependencyError as MissingDependencyError
 from dbkeel.exceptions import PoolExhaustedError as PoolExhaustedError
 from dbkeel.exceptions import RetryableError as RetryableError
+from dbkeel.exceptions import StatementTimeoutError as StatementTimeoutError
 from dbkeel.manager import DatabaseManager as DatabaseManager
 from dbkeel.mixins import DbkeelSession as DbkeelSession
 from dbkeel.mixins import SoftDeleteMixin as SoftDeleteMixin
@@ -71,6 +72,7 @@ __all__ = [
     "PoolMonitor",
     "RetryableError",
     "SoftDeleteMixin",
+    "StatementTimeoutError",
     "StringArray",
     "TimestampMixin",
     "UTCDateTime",

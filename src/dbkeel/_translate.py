@@ -15,17 +15,24 @@ import sqlalchemy.exc
 from sqlalchemy.orm.exc import StaleDataError
 
 from dbkeel.exceptions import (
+    CommitOutcomeUnknownError,
     ConcurrentUpdateError,
+    DatabaseUnavailableError,
     DbkeelError,
     InvalidValueError,
     PoolExhaustedError,
+    StatementTimeoutError,
 )
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Dialect
+    from sqlalchemy.ext.asyncio import AsyncSession
     from sqlalchemy.pool import Pool
 
+    from dbkeel.settings import DatabaseSettings
+
 __all__ = [
+    "commit",
     "concurrent_update_error",
     "driver_error",
     "is_disconnect",
@@ -39,14 +46,26 @@ _STALE_TABLE = re.compile(r"on table '([^']+)'")
 
 
 @contextmanager
-def translate_errors(pool: Pool | None = None, *, pool_timeout: float = 0.0) -> Iterator[None]:
-    """Re-raise pool timeouts, stale-version conflicts and refused values as dbkeel errors.
+def translate_errors(
+    pool: Pool | None = None,
+    *,
+    pool_timeout: float = 0.0,
+    settings: DatabaseSettings | None = None,
+) -> Iterator[None]:
+    """Re-raise database failures as dbkeel errors; everything else passes unchanged.
 
-    A column type's ``InvalidValueError`` reaches SQLAlchemy inside a ``StatementError``
-    (whose message would also print every bound parameter); it is raised as itself.
+    - a pool timeout -> :class:`PoolExhaustedError`;
+    - a stale version -> :class:`ConcurrentUpdateError`;
+    - a statement stopped by a timeout (asyncpg's bare ``TimeoutError`` for
+      ``command_timeout``, PostgreSQL's 57014/55P03, MariaDB's 1969, MySQL's 3024) ->
+      :class:`StatementTimeoutError` naming the setting and its value (*settings*);
+    - a refused, reset or lost connection -> :class:`DatabaseUnavailableError`;
+    - a column type's ``InvalidValueError`` inside a ``StatementError`` (whose message
+      would also print every bound parameter) -> raised as itself.
 
-    Everything else passes through unchanged. The original is ``__cause__``, except
-    for a refused value (see above).
+    ``CancelledError`` and the ``TimeoutError`` of the caller's own ``asyncio.timeout()``
+    are never touched. The original is ``__cause__``, except for a refused value. Costs
+    nothing unless an exception passes through.
     """
     try:
         yield
@@ -59,9 +78,161 @@ def translate_errors(pool: Pool | None = None, *, pool_timeout: float = 0.0) -> 
             # from None: the StatementError's text lists every bound parameter of the
             # statement (other columns' values, tokens...), which must not reach a log.
             raise exc.orig from None
+        translated = _translate_database_error(exc, settings)
+        if translated is not None:
+            raise translated from exc
         raise
     except StaleDataError as exc:
         raise concurrent_update_error(exc) from exc
+    except (TimeoutError, OSError) as exc:  # ConnectionError is an OSError
+        if isinstance(exc, DbkeelError) or not _raised_by_database_code(exc):
+            raise
+        if isinstance(exc, TimeoutError) and not _while_connecting(exc):
+            raise _client_timeout(settings) from exc
+        raise _connection_lost(exc, settings) from exc
+
+
+async def commit(session: AsyncSession, settings: DatabaseSettings | None = None) -> None:
+    """``await session.commit()``, with a failure of unknown outcome said as such.
+
+    A COMMIT whose connection dropped, or that got no answer in time, may or may not have
+    been applied by the server: :class:`CommitOutcomeUnknownError`, never retried. Other
+    failures (a deferred constraint, a serialization failure) are raised as they are:
+    the server rolled the transaction back.
+    """
+    try:
+        await session.commit()
+    except Exception as exc:
+        if retryable_reason(exc) is None and is_disconnect(exc):
+            raise _commit_outcome_unknown(exc, settings) from exc
+        raise
+
+
+def _commit_outcome_unknown(
+    exc: BaseException, settings: DatabaseSettings | None
+) -> CommitOutcomeUnknownError:
+    if isinstance(exc, TimeoutError):
+        what = "COMMIT got no answer within " + _command_timeout_text(settings)
+    else:
+        what = f"the connection was lost while COMMIT was in flight ({type(exc).__name__})"
+    return CommitOutcomeUnknownError(
+        f"The outcome of the transaction is unknown: {what}. The server may or may not "
+        f"have committed it, so it is not retried: check whether its changes are in the "
+        f"database, then decide."
+    )
+
+
+# SQLSTATE / MySQL errno of a statement the server stopped for running too long.
+_SERVER_TIMEOUTS = {
+    "57014": ("DATABASE_STATEMENT_TIMEOUT", "statement timeout"),
+    "55P03": ("lock_timeout", "lock timeout"),
+}
+_MYSQL_TIMEOUTS = {1969: "max_statement_time", 3024: "max_execution_time"}
+_DRIVER_PACKAGES = ("asyncpg", "asyncmy", "aiosqlite", "psycopg", "sqlalchemy")
+
+
+def _translate_database_error(
+    exc: sqlalchemy.exc.StatementError, settings: DatabaseSettings | None
+) -> DbkeelError | None:
+    state = sqlstate(exc)
+    if state in _SERVER_TIMEOUTS and (
+        state != "57014" or "statement timeout" in str(exc.orig)  # not a pg_cancel_backend()
+    ):
+        setting, what = _SERVER_TIMEOUTS[state]
+        value = settings.statement_timeout if settings and state == "57014" else None
+        shown = f"{setting}={value:g} s" if value is not None else setting
+        return StatementTimeoutError(
+            f"The server stopped the statement: it ran past its {what} ({shown}). Make the "
+            f"statement faster (an index, a smaller batch) or raise {setting}.",
+            setting=setting,
+            timeout=value,
+        )
+    errno = mysql_errno(exc)
+    if errno in _MYSQL_TIMEOUTS:
+        value = settings.statement_timeout if settings else None
+        shown = f"{value:g} s" if value is not None else "the server's limit"
+        return StatementTimeoutError(
+            f"The server stopped the statement: it ran past {_MYSQL_TIMEOUTS[errno]} "
+            f"({shown}, from DATABASE_STATEMENT_TIMEOUT). Make the statement faster or "
+            f"raise DATABASE_STATEMENT_TIMEOUT.",
+            setting="DATABASE_STATEMENT_TIMEOUT",
+            timeout=value,
+        )
+    if isinstance(exc, sqlalchemy.exc.DBAPIError) and (
+        exc.connection_invalidated
+        or (isinstance(exc, sqlalchemy.exc.InterfaceError) and "closed" in str(exc.orig))
+        or isinstance(exc.orig, OSError)
+    ):
+        return _connection_lost(exc, settings)
+    return None
+
+
+def _raised_by_database_code(exc: BaseException) -> bool:
+    """True if *exc* was raised inside a driver or SQLAlchemy, not by the caller's code.
+
+    Tells asyncpg's ``command_timeout`` (a bare ``TimeoutError`` raised in asyncpg) from
+    the caller's own ``asyncio.timeout()`` (raised in the caller's ``async with``), and a
+    refused connection from an ``OSError`` of the application's own I/O.
+    """
+    tb = exc.__traceback__
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if any(f"{pkg}/" in filename or f"{pkg}\\" in filename for pkg in _DRIVER_PACKAGES):
+            return True
+        if filename.endswith(".pyx"):  # asyncpg's protocol is Cython
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _while_connecting(exc: BaseException) -> bool:
+    """True if *exc* was raised while the pool opened or pinged a connection."""
+    tb = exc.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if "sqlalchemy/pool/" in code.co_filename.replace("\\", "/"):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _command_timeout_text(settings: DatabaseSettings | None) -> str:
+    value = settings.command_timeout if settings else None
+    return f"DATABASE_COMMAND_TIMEOUT={value:g} s" if value else "DATABASE_COMMAND_TIMEOUT"
+
+
+def _client_timeout(settings: DatabaseSettings | None) -> StatementTimeoutError:
+    return StatementTimeoutError(
+        f"The database did not answer within {_command_timeout_text(settings)} (client-side; "
+        f"the driver cancelled the statement and the transaction was rolled back). Make the "
+        f"statement faster, or raise DATABASE_COMMAND_TIMEOUT; if the server is overloaded "
+        f"or the network stalls, the next attempt may succeed.",
+        setting="DATABASE_COMMAND_TIMEOUT",
+        timeout=settings.command_timeout if settings else None,
+    )
+
+
+def _connection_lost(
+    exc: BaseException, settings: DatabaseSettings | None = None
+) -> DatabaseUnavailableError:
+    orig = getattr(exc, "orig", None) or exc
+    if isinstance(orig, TimeoutError):
+        limit = f"DATABASE_CONNECT_TIMEOUT={settings.connect_timeout:g} s" if settings else "time"
+        return DatabaseUnavailableError(
+            f"Could not open (or ping) a database connection within {limit}: the server is "
+            f"overloaded or unreachable, or the network stalls. Nothing of this transaction "
+            f"was committed. Retry once the database answers (a readiness check: await "
+            f"db.health())."
+        )
+    # The driver's own text ("connection was closed in the middle of operation"), never
+    # the StatementError's, which lists the statement's parameters.
+    detail = str(orig)[:200] or "no detail"
+    return DatabaseUnavailableError(
+        f"The database connection failed ({type(orig).__name__}: {detail}): the server is down, "
+        f"restarting, or unreachable, or it closed this connection. Nothing of this "
+        f"transaction was committed; the pool replaces the connection. Retry once the "
+        f"database answers (a readiness check: await db.health())."
+    )
 
 
 def driver_error(

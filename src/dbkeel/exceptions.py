@@ -13,7 +13,8 @@ errors (something that happened at run time)::
     │   └── EncryptedValueError     an encrypted column refused a value (value never shown)
     ├── DecryptionError             a stored ciphertext cannot be opened
     └── DatabaseError               something went wrong talking to the database
-        ├── DatabaseUnavailableError  the server cannot be reached
+        ├── DatabaseUnavailableError  the server cannot be reached / the connection was lost
+        ├── StatementTimeoutError     a statement or COMMIT ran past a timeout (also TimeoutError)
         ├── PoolExhaustedError        no free connection in time (also sqlalchemy TimeoutError)
         ├── ConcurrentUpdateError     optimistic-locking conflict (stale version)
         ├── RetryableError            serialization failure / deadlock / lock wait timeout
@@ -47,6 +48,7 @@ __all__ = [
     "MissingDependencyError",
     "PoolExhaustedError",
     "RetryableError",
+    "StatementTimeoutError",
 ]
 
 
@@ -128,7 +130,40 @@ class DatabaseError(DbkeelError):
 
 
 class DatabaseUnavailableError(DatabaseError, ConnectionError):
-    """The database server could not be reached within the startup budget."""
+    """The database cannot be reached, or the connection was lost under a statement.
+
+    Raised by ``initialize()`` when the server does not answer within its budget, and by
+    ``get_session()`` when a connection is refused, reset or dropped mid-transaction (the
+    transaction was rolled back by the server; the pool replaces the connection). One
+    type to catch for "database unreachable"; also a ``ConnectionError``. The driver's
+    error is ``__cause__``.
+
+    Example::
+
+        try:
+            async with db.get_session() as session:
+                ...
+        except DatabaseUnavailableError:
+            return Response(status_code=503, headers={"Retry-After": "1"})
+    """
+
+
+class StatementTimeoutError(DatabaseError, TimeoutError):
+    """A statement (or COMMIT) ran longer than a configured timeout and was stopped.
+
+    ``setting`` names the timeout that fired (``DATABASE_COMMAND_TIMEOUT``, client-side,
+    or ``DATABASE_STATEMENT_TIMEOUT`` / the server's ``lock_timeout``, server-side) and
+    ``timeout`` its value in seconds (None when not known). Also a ``TimeoutError``, so
+    ``except TimeoutError`` keeps working. A COMMIT that times out client-side raises
+    :class:`CommitOutcomeUnknownError` instead: the server may still have committed.
+    Your own ``asyncio.timeout()`` expiring is not translated: it stays the plain
+    ``TimeoutError`` that ``asyncio`` raises.
+    """
+
+    def __init__(self, message: str, *, setting: str, timeout: float | None) -> None:
+        self.setting = setting
+        self.timeout = timeout
+        super().__init__(message)
 
 
 class PoolExhaustedError(DatabaseError, sqlalchemy.exc.TimeoutError):

@@ -24,7 +24,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, Operationa
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from dbkeel._masking import scrub_secrets
-from dbkeel._translate import mysql_errno, sqlstate, translate_errors
+from dbkeel._translate import commit, mysql_errno, sqlstate, translate_errors
 from dbkeel.engine import create_engine
 from dbkeel.exceptions import ConfigurationError, DatabaseUnavailableError, ManagerStateError
 from dbkeel.mixins.session import DbkeelSession
@@ -228,9 +228,12 @@ class DatabaseManager:
     async def get_session(self) -> AsyncIterator[AsyncSession]:
         """A session in a transaction: committed on success, rolled back on any error.
 
-        The error is re-raised unchanged, except that a pool timeout becomes
-        :class:`PoolExhaustedError` and a stale version :class:`ConcurrentUpdateError`
-        (each a subclass-compatible, more helpful form; the original is ``__cause__``).
+        Database failures arrive as dbkeel errors (the original is ``__cause__``): a pool
+        timeout as :class:`PoolExhaustedError`, a stale version as
+        :class:`ConcurrentUpdateError`, a statement timeout as
+        :class:`StatementTimeoutError`, a lost or refused connection as
+        :class:`DatabaseUnavailableError`, a COMMIT of unknown outcome as
+        :class:`CommitOutcomeUnknownError`; other errors are re-raised unchanged.
         The session is always closed and its connection returned, even when the task is
         cancelled.
 
@@ -242,9 +245,12 @@ class DatabaseManager:
         session = self.session_factory()
         engine = self.engine
         try:
-            with translate_errors(engine.pool, pool_timeout=self.settings.pool_timeout):
+            settings = self.settings
+            with translate_errors(
+                engine.pool, pool_timeout=settings.pool_timeout, settings=settings
+            ):
                 yield session
-                await session.commit()
+                await commit(session, settings)
         except BaseException:
             # BaseException: CancelledError must roll back and release the connection too.
             await _shielded_cleanup(session, rollback=True)

@@ -25,9 +25,8 @@ from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dbkeel._translate import is_disconnect, retryable_reason, translate_errors
+from dbkeel._translate import commit, retryable_reason, translate_errors
 from dbkeel.exceptions import (
-    CommitOutcomeUnknownError,
     ConcurrentUpdateError,
     ConfigurationError,
     RetryableError,
@@ -35,6 +34,7 @@ from dbkeel.exceptions import (
 
 if TYPE_CHECKING:
     from dbkeel.manager import DatabaseManager
+    from dbkeel.settings import DatabaseSettings
 
 __all__ = ["run_in_transaction"]
 
@@ -93,7 +93,9 @@ async def run_in_transaction(
 async def _attempt(db: DatabaseManager, fn: Callable[[AsyncSession], Awaitable[T]]) -> T:
     session = db.session_factory()
     try:
-        with translate_errors(db.engine.pool, pool_timeout=db.settings.pool_timeout):
+        with translate_errors(
+            db.engine.pool, pool_timeout=db.settings.pool_timeout, settings=db.settings
+        ):
             try:
                 result = await fn(session)
                 # Flush first, so that an error raised while writing is told apart from
@@ -106,26 +108,20 @@ async def _attempt(db: DatabaseManager, fn: Callable[[AsyncSession], Awaitable[T
                 if reason is None:
                     raise
                 raise _retryable(reason, exc) from exc
-            await _commit(session)
+            await _commit(session, db.settings)
             return result
     finally:
         # shielded: cancellation must still roll back and return the connection.
         await asyncio.shield(_cleanup(session))
 
 
-async def _commit(session: AsyncSession) -> None:
+async def _commit(session: AsyncSession, settings: DatabaseSettings) -> None:
     try:
-        await session.commit()
+        await commit(session, settings)
     except Exception as exc:
         reason = retryable_reason(exc)
         if reason is not None:  # e.g. a serialization failure reported at COMMIT: rolled back
             raise _retryable(reason, exc) from exc
-        if is_disconnect(exc):
-            raise CommitOutcomeUnknownError(
-                f"The connection was lost while COMMIT was in flight ({type(exc).__name__}: "
-                f"{exc}). The transaction may or may not have been committed, so it is not "
-                f"retried: check whether its changes are in the database, then decide."
-            ) from exc
         raise
 
 

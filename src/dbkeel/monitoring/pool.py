@@ -282,8 +282,18 @@ class PoolMonitor:
         record: ConnectionPoolEntry,
         exception: BaseException | None,
     ) -> None:
-        self.counters.hard_invalidations += 1
         record.info[_INVALIDATED] = "hard"
+        if isinstance(exception, asyncio.CancelledError):
+            # The task was cancelled mid-statement, so SQLAlchemy cannot know the state of
+            # the connection and discards it. Ordinary (request timeouts, disconnecting
+            # clients): counted apart, and no warning about the server or the network.
+            self.counters.cancellations += 1
+            logger.debug(
+                "connection discarded after its task was cancelled mid-statement",
+                extra=self._extra,
+            )
+            return
+        self.counters.hard_invalidations += 1
         reason = type(exception).__name__ if exception is not None else "explicit invalidate()"
         # The exception's text can quote data from the failed statement: the type only.
         logger.warning(

@@ -13,6 +13,7 @@ read from the monitors when the registry is scraped. Every series carries the la
 ``checkout_wait_seconds``         histogram  time to obtain a connection
 ``checkout_timeouts_total``       counter    checkouts that gave up (PoolExhaustedError)
 ``invalidations_total{kind}``     counter    ``kind`` hard or soft
+``cancellations_total``           counter    connections discarded by a cancelled task
 ``connects_total``                counter    connections opened
 ``connect_seconds``               histogram  time to open a connection
 ``leaks_total``                   counter    connections reported held too long
@@ -97,6 +98,11 @@ class PoolCollector:
         invalidations = counter(
             PREFIX + "invalidations", "Connections invalidated.", labels=[*labels, "kind"]
         )
+        cancellations = counter(
+            PREFIX + "cancellations",
+            "Connections discarded because their task was cancelled (not a fault).",
+            labels=labels,
+        )
         connects = counter(PREFIX + "connects", "Connections opened.", labels=labels)
         connect_time = core.HistogramMetricFamily(
             PREFIX + "connect_seconds", "Time to open a connection.", labels=labels
@@ -122,11 +128,12 @@ class PoolCollector:
             timeouts.add_metric(key, c.checkout_timeouts)
             invalidations.add_metric([*key, "hard"], c.hard_invalidations)
             invalidations.add_metric([*key, "soft"], c.soft_invalidations)
+            cancellations.add_metric(key, c.cancellations)
             connects.add_metric(key, c.connects)
             connect_time.add_metric(key, _buckets(c.connect_time), c.connect_time.sum)
             leaks.add_metric(key, c.leaks)
         yield from (connections, capacity, size, overflow, waiting, wait, timeouts)
-        yield from (invalidations, connects, connect_time, leaks)
+        yield from (invalidations, cancellations, connects, connect_time, leaks)
 
 
 def _buckets(histogram: Histogram) -> list[tuple[str, int]]:

@@ -62,6 +62,9 @@ class PoolCounters:
     checkout_timeouts: int = 0
     hard_invalidations: int = 0
     soft_invalidations: int = 0
+    #: connections discarded because the task using them was cancelled (a request timeout,
+    #: a client that went away): not a fault of the server or the network
+    cancellations: int = 0
     leaks: int = 0
     long_lived: int = 0
     checkout_wait: Histogram = field(default_factory=lambda: Histogram(WAIT_BUCKETS))
