@@ -44,13 +44,19 @@ def format_comment(tags: dict[str, str]) -> str:
 class CommentTagger:
     """``before_cursor_execute`` hook (retval=True) appending the static tags."""
 
-    def __init__(self, application: str) -> None:
+    def __init__(self, application: str, paramstyle: str) -> None:
         self.application = application
-        self._plain = " " + format_comment({"application": application})
+        # format/pyformat drivers (asyncmy) run "statement % parameters": the URL-encoding's
+        # "%" must be doubled or it is read as a placeholder.
+        self._percent = "%%" if paramstyle in ("format", "pyformat") else "%"
+        self._plain = self._render({"application": application})
+
+    def _render(self, tags: dict[str, str]) -> str:
+        return " " + format_comment(tags).replace("%", self._percent)
 
     @lru_cache(maxsize=256)  # noqa: B019 - one tagger per engine, lives as long as it
     def _for_operation(self, operation: str) -> str:
-        return " " + format_comment({"application": self.application, "route": operation})
+        return self._render({"application": self.application, "route": operation})
 
     def before(
         self,

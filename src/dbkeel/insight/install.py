@@ -27,7 +27,7 @@ def install_insight(engine: AsyncEngine, settings: DatabaseSettings) -> type[Dbk
     event.listen(sync_engine, "before_cursor_execute", stats.before)
     event.listen(sync_engine, "after_cursor_execute", stats.after)
     if settings.query_comment:
-        tagger = CommentTagger(settings.app_name)
+        tagger = CommentTagger(settings.app_name, sync_engine.dialect.paramstyle)
         event.listen(sync_engine, "before_cursor_execute", tagger.before, retval=True)
     mode = settings.effective_nplusone
     if mode == "off":
