@@ -285,6 +285,11 @@ class DatabaseSettings(BaseSettings):
         default=False,
         description="Append sqlcommenter tags (application, route) to every statement.",
     )
+    query_spans: bool = _var(
+        "DATABASE_QUERY_SPANS",
+        default=False,
+        description="An OpenTelemetry span per statement (needs dbkeel[otel]).",
+    )
 
     # Environment variable name of each field, for error messages and the docs table.
     ENV_NAMES: ClassVar[dict[str, str]] = {}

@@ -29,6 +29,10 @@ def install_insight(engine: AsyncEngine, settings: DatabaseSettings) -> type[Dbk
     if settings.query_comment:
         tagger = CommentTagger(settings.app_name, sync_engine.dialect.paramstyle)
         event.listen(sync_engine, "before_cursor_execute", tagger.before, retval=True)
+    if settings.query_spans:
+        from dbkeel.insight.spans import StatementSpans
+
+        StatementSpans(sync_engine).attach(sync_engine)
     mode = settings.effective_nplusone
     if mode == "off":
         return DbkeelSession
