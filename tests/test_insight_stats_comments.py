@@ -118,3 +118,19 @@ async def test_comment_text_is_stable_across_requests(tagged: DatabaseManager) -
                 await session.execute(text("SELECT :v"), {"v": value})
         texts.append(set(q.shapes))
     assert texts[0] == texts[1]  # one prepared statement, whatever the request
+
+
+async def test_comment_tags_work_through_pgbouncer_transaction_mode(pgbouncer_url: str) -> None:
+    # Prepared statements under PgBouncer mode: the tagged text is prepared and reused
+    # across requests and routes without "prepared statement does not exist" errors.
+    settings = make_settings(
+        pgbouncer_url, environment="production", pgbouncer=True, query_comment=True
+    )
+    async with DatabaseManager(settings) as manager:
+        for route in ("GET /a", "GET /b", "GET /a", "GET /b"):
+            with track(route) as q:
+                async with manager.get_session() as session:
+                    assert (
+                        await session.scalar(text("SELECT CAST(:v AS text)"), {"v": route}) == route
+                    )
+            assert any("route='GET%20%2F" in s for s in q.shapes)
