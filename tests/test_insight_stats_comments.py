@@ -123,8 +123,14 @@ async def test_comment_text_is_stable_across_requests(tagged: DatabaseManager) -
 async def test_comment_tags_work_through_pgbouncer_transaction_mode(pgbouncer_url: str) -> None:
     # Prepared statements under PgBouncer mode: the tagged text is prepared and reused
     # across requests and routes without "prepared statement does not exist" errors.
+    # Its own app_name: PgBouncer keeps the server connection open after the test, and
+    # other tests count the backends named "dbkeel-tests".
     settings = make_settings(
-        pgbouncer_url, environment="production", pgbouncer=True, query_comment=True
+        pgbouncer_url,
+        environment="production",
+        pgbouncer=True,
+        query_comment=True,
+        app_name="insight-pgb",
     )
     async with DatabaseManager(settings) as manager:
         for route in ("GET /a", "GET /b", "GET /a", "GET /b"):
