@@ -23,6 +23,7 @@ from dbkeel.exceptions import DecryptionError as DecryptionError
 from dbkeel.exceptions import InvalidValueError as InvalidValueError
 from dbkeel.exceptions import ManagerStateError as ManagerStateError
 from dbkeel.exceptions import MissingDependencyError as MissingDependencyError
+from dbkeel.exceptions import NPlusOneError as NPlusOneError
 from dbkeel.exceptions import PoolExhaustedError as PoolExhaustedError
 from dbkeel.exceptions import RetryableError as RetryableError
 from dbkeel.exceptions import StatementTimeoutError as StatementTimeoutError
@@ -68,6 +69,7 @@ __all__ = [
     "JSONBType",
     "ManagerStateError",
     "MissingDependencyError",
+    "NPlusOneError",
     "PoolExhaustedError",
     "PoolMonitor",
     "RetryableError",

@@ -12,6 +12,7 @@ errors (something that happened at run time)::
     │   ├── BulkRowError            a bulk_insert/bulk_upsert row is unusable (row index, column)
     │   └── EncryptedValueError     an encrypted column refused a value (value never shown)
     ├── DecryptionError             a stored ciphertext cannot be opened
+    ├── NPlusOneError               a relationship lazy-loaded row by row (DATABASE_NPLUSONE=raise)
     └── DatabaseError               something went wrong talking to the database
         ├── DatabaseUnavailableError  the server cannot be reached / the connection was lost
         ├── StatementTimeoutError     a statement or COMMIT ran past a timeout (also TimeoutError)
@@ -46,6 +47,7 @@ __all__ = [
     "KeyRingError",
     "ManagerStateError",
     "MissingDependencyError",
+    "NPlusOneError",
     "PoolExhaustedError",
     "RetryableError",
     "StatementTimeoutError",
@@ -74,6 +76,14 @@ class MissingDependencyError(ConfigurationError, ImportError):
             f"{feature} needs the optional package {module!r}, which is not installed. "
             f"Install it with: pip install 'dbkeel[{extra}]'"
         )
+
+
+class NPlusOneError(DbkeelError):
+    """A relationship was loaded once per parent row (an N+1 query pattern).
+
+    Raised only with ``DATABASE_NPLUSONE=raise``; the message names the model, the
+    relationship, the count, the code location and the eager-loading fix.
+    """
 
 
 class ManagerStateError(DbkeelError, RuntimeError):

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from contextlib import asynccontextmanager
+from contextlib import AbstractContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 
 from sqlalchemy import MetaData, text
@@ -27,7 +27,6 @@ from dbkeel._masking import scrub_secrets
 from dbkeel._translate import commit, mysql_errno, sqlstate, translate_errors
 from dbkeel.engine import create_engine
 from dbkeel.exceptions import ConfigurationError, DatabaseUnavailableError, ManagerStateError
-from dbkeel.mixins.session import DbkeelSession
 from dbkeel.monitoring.health import HealthReport, check_health
 from dbkeel.monitoring.pool import PoolMonitor
 from dbkeel.monitoring.slow_queries import SlowQueryLog
@@ -37,6 +36,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from dbkeel.encryption.keys import KeyProvider
+    from dbkeel.insight.context import InsightContext
 
 __all__ = ["DatabaseManager"]
 
@@ -149,6 +149,9 @@ class DatabaseManager:
             key_ring = await load_key_ring(settings, self._key_provider, self._metadata)
             engine = create_engine(settings)
             install_key_ring(engine, key_ring)
+            from dbkeel.insight.install import install_insight
+
+            session_class = install_insight(engine, settings)
             if settings.effective_monitoring:
                 # Before the first connection, so its connect time is counted too.
                 self._start_monitoring(engine, settings)
@@ -170,7 +173,7 @@ class DatabaseManager:
                 expire_on_commit=False,
                 autoflush=True,
                 # soft-deleted rows hidden from get(), stale rows named in errors
-                sync_session_class=DbkeelSession,
+                sync_session_class=session_class,
             )
             self._state = "ready"
             return self
@@ -196,6 +199,20 @@ class DatabaseManager:
         await self._stop_leak_watch()
         if engine is not None:
             await engine.dispose()
+
+    def query_stats(self, operation: str | None = None) -> AbstractContextManager[InsightContext]:
+        """Collect the statements of the enclosed block: count, durations, rows, shapes.
+
+        *operation* names the route or job (low cardinality; used in comment tags).
+        N+1 loads in the block are detected per ``DATABASE_NPLUSONE``. Example::
+
+            with db.query_stats("GET /orders") as q:
+                await list_orders(db)
+            q.statements, q.total_s, q.top_shapes(3)
+        """
+        from dbkeel.insight.context import track
+
+        return track(operation)
 
     async def __aenter__(self) -> Self:
         return await self.initialize()

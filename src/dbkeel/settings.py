@@ -260,6 +260,28 @@ class DatabaseSettings(BaseSettings):
         default=False,
         description="Show bound parameters in the slow query log (they may hold user data).",
     )
+    # Query insight (dbkeel.insight): N+1 detection and SQL comment tags.
+    nplusone: Literal["off", "log", "raise"] | None = _var(
+        "DATABASE_NPLUSONE",
+        default=None,
+        description="N+1 lazy-load detection: off, log or raise (default: log outside production).",
+    )
+    nplusone_threshold: int = _var(
+        "DATABASE_NPLUSONE_THRESHOLD",
+        default=10,
+        ge=2,
+        description="Report a relationship loaded this many times in one context.",
+    )
+    query_comment: bool = _var(
+        "DATABASE_QUERY_COMMENT",
+        default=False,
+        description="Append sqlcommenter tags (application, route) to every statement.",
+    )
+    query_spans: bool = _var(
+        "DATABASE_QUERY_SPANS",
+        default=False,
+        description="An OpenTelemetry span per statement (needs dbkeel[otel]).",
+    )
 
     # Environment variable name of each field, for error messages and the docs table.
     ENV_NAMES: ClassVar[dict[str, str]] = {}
@@ -375,6 +397,13 @@ class DatabaseSettings(BaseSettings):
         if self.monitoring is not None:
             return self.monitoring
         return self.environment == "production"
+
+    @property
+    def effective_nplusone(self) -> Literal["off", "log", "raise"]:
+        """nplusone, or ``log`` in development and test and ``off`` in production."""
+        if self.nplusone is not None:
+            return self.nplusone
+        return "off" if self.environment == "production" else "log"
 
     @property
     def masked_url(self) -> str:

@@ -1,0 +1,35 @@
+"""Query insight: N+1 detection, per-context statement figures and SQL comment tags.
+
+``track()`` opens a context (what a web integration calls around each request; dbkeel
+has no FastAPI integration yet) and yields its figures; N+1 loads are detected within it,
+or within one session outside any ``track()`` block::
+
+    from dbkeel.insight import track
+
+    with track("GET /orders") as q:
+        async with db.get_session() as session:
+            orders = (await session.scalars(select(Order))).all()
+    print(q.summary())  # {'operation': 'GET /orders', 'statements': 3, ...}
+
+See docs/insight.md.
+"""
+
+from dbkeel.insight.comments import format_comment
+from dbkeel.insight.context import (
+    InsightContext,
+    ShapeStats,
+    allow_nplusone,
+    current_context,
+    track,
+)
+from dbkeel.insight.nplusone import NPlusOneDetector
+
+__all__ = [
+    "InsightContext",
+    "NPlusOneDetector",
+    "ShapeStats",
+    "allow_nplusone",
+    "current_context",
+    "format_comment",
+    "track",
+]

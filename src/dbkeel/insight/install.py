@@ -1,0 +1,44 @@
+"""Wiring of query insight into one manager's engine and session class.
+
+Nothing is attached that the settings do not ask for: with ``nplusone=off`` the session
+class gets no ORM listener, and without ``query_comment`` statements are not rewritten.
+The statistics listeners are always attached (one ``ContextVar.get()`` per statement
+outside ``track()``), so ``db.query_stats()`` works in every environment.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from dbkeel.insight.comments import CommentTagger
+from dbkeel.insight.nplusone import NPlusOneDetector
+from dbkeel.insight.stats import StatsRecorder
+from dbkeel.mixins.session import DbkeelSession
+from dbkeel.settings import DatabaseSettings
+
+__all__ = ["install_insight"]
+
+
+def install_insight(engine: AsyncEngine, settings: DatabaseSettings) -> type[DbkeelSession]:
+    """Attach the listeners *settings* ask for; return the session class to use."""
+    sync_engine = engine.sync_engine
+    stats = StatsRecorder()
+    event.listen(sync_engine, "before_cursor_execute", stats.before)
+    event.listen(sync_engine, "after_cursor_execute", stats.after)
+    if settings.query_comment:
+        tagger = CommentTagger(settings.app_name, sync_engine.dialect.paramstyle)
+        event.listen(sync_engine, "before_cursor_execute", tagger.before, retval=True)
+    if settings.query_spans:
+        from dbkeel.insight.spans import StatementSpans
+
+        StatementSpans(sync_engine).attach(sync_engine)
+    mode = settings.effective_nplusone
+    if mode == "off":
+        return DbkeelSession
+    # A subclass per manager: the listener must not reach sessions of other managers
+    # (or of other settings) that share DbkeelSession.
+    session_class = type("DbkeelSession", (DbkeelSession,), {"__module__": __name__})
+    detector = NPlusOneDetector(mode, settings.nplusone_threshold)
+    event.listen(session_class, "do_orm_execute", detector.on_execute)
+    return session_class

@@ -1,0 +1,132 @@
+"""OpenTelemetry spans, one per statement (extra ``dbkeel[otel]``; off unless
+``DATABASE_QUERY_SPANS=true``).
+
+Attributes follow the database client semantic conventions: ``db.system.name``,
+``db.namespace``, ``db.operation.name``, ``db.collection.name`` (when the statement is a
+SQLAlchemy construct on one table), ``server.address``, ``server.port`` and
+``db.query.text`` with string and number literals replaced by ``?`` (bound parameters are
+placeholders already and never read). The span is a child of the current span (the OTel
+context is a contextvar, which SQLAlchemy carries into its greenlet); a failing statement
+records the exception and sets the ERROR status. Span kind: CLIENT.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import event
+
+from dbkeel.exceptions import MissingDependencyError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection, Engine, ExceptionContext, ExecutionContext
+
+__all__ = ["StatementSpans", "sanitize"]
+
+_SPAN = "_dbkeel_span"
+# Quoted strings and numbers; "$1"-style placeholders are kept.
+_LITERALS = re.compile(r"'(?:[^']|'')*'|(?<![\w$])\d+(?:\.\d+)?\b")
+_SYSTEMS = {"postgresql": "postgresql", "sqlite": "sqlite", "mysql": "mysql", "mariadb": "mariadb"}
+
+
+def sanitize(statement: str) -> str:
+    """*statement* with string and number literals replaced by ``?``."""
+    return _LITERALS.sub("?", statement)
+
+
+class StatementSpans:
+    """Cursor-event listeners that wrap each statement in a CLIENT span."""
+
+    def __init__(self, engine: Engine) -> None:
+        try:
+            from opentelemetry import trace
+        except ImportError:
+            raise MissingDependencyError("query spans", "otel", "opentelemetry-api") from None
+        self._trace = trace
+        self._tracer = trace.get_tracer("dbkeel.insight")
+        url = engine.url
+        self._system = _SYSTEMS.get(engine.dialect.name, engine.dialect.name)
+        base: dict[str, Any] = {}
+        if url.database:
+            base["db.namespace"] = url.database
+        if url.host:
+            base["server.address"] = url.host
+        if url.port:
+            base["server.port"] = url.port
+        self._base = base
+
+    def attach(self, engine: Engine) -> None:
+        event.listen(engine, "before_cursor_execute", self.before)
+        event.listen(engine, "after_cursor_execute", self.after)
+        event.listen(engine, "handle_error", self.error)
+
+    def before(
+        self,
+        conn: Connection,
+        cursor: Any,
+        statement: str,
+        parameters: Any,
+        context: ExecutionContext | None,
+        executemany: bool,
+    ) -> None:
+        if context is None:
+            return
+        attributes = dict(self._base)
+        # MariaDB is told apart from MySQL only once connected (dialect.is_mariadb).
+        system = "mariadb" if getattr(conn.dialect, "is_mariadb", False) else self._system
+        attributes["db.system.name"] = system
+        operation = statement.lstrip().split(None, 1)[0].upper() if statement.strip() else ""
+        if operation:
+            attributes["db.operation.name"] = operation
+        table = _collection(context)
+        if table:
+            attributes["db.collection.name"] = table
+        attributes["db.query.text"] = sanitize(statement)
+        name = " ".join(p for p in (operation, table) if p) or system
+        span = self._tracer.start_span(
+            name, kind=self._trace.SpanKind.CLIENT, attributes=attributes
+        )
+        setattr(context, _SPAN, span)
+
+    def after(
+        self,
+        conn: Connection,
+        cursor: Any,
+        statement: str,
+        parameters: Any,
+        context: ExecutionContext | None,
+        executemany: bool,
+    ) -> None:
+        span = getattr(context, _SPAN, None)
+        if span is not None:
+            delattr(context, _SPAN)
+            span.end()
+
+    def error(self, exception_context: ExceptionContext) -> None:
+        context = exception_context.execution_context
+        span = getattr(context, _SPAN, None)
+        if span is None:
+            return
+        delattr(context, _SPAN)
+        error = exception_context.original_exception
+        span.record_exception(error)
+        span.set_status(self._trace.Status(self._trace.StatusCode.ERROR, type(error).__name__))
+        span.set_attribute("error.type", type(error).__name__)
+        span.end()
+
+
+def _collection(context: ExecutionContext) -> str | None:
+    compiled = getattr(context, "compiled", None)
+    statement = getattr(compiled, "statement", None)
+    table = getattr(statement, "table", None)  # INSERT / UPDATE / DELETE
+    if table is None:
+        froms = getattr(statement, "get_final_froms", None)
+        if froms is None:
+            return None
+        tables = froms()
+        if len(tables) != 1:
+            return None
+        table = tables[0]
+    name = getattr(table, "name", None)
+    return name if isinstance(name, str) else None

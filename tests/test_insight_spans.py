@@ -1,0 +1,97 @@
+"""OpenTelemetry spans per statement, checked with the SDK's in-memory exporter on
+PostgreSQL, SQLite and MariaDB."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+from sqlalchemy import String, insert, select, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from dbkeel import DatabaseManager
+from dbkeel.insight.spans import sanitize
+from tests.conftest import CreateTables, make_settings
+
+EXPORTER = InMemorySpanExporter()
+_PROVIDER = TracerProvider()
+_PROVIDER.add_span_processor(SimpleSpanProcessor(EXPORTER))
+# The global provider can be set once per process; this module is its only user.
+trace.set_tracer_provider(_PROVIDER)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Widget(Base):
+    __tablename__ = "span_widgets"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(50))
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    EXPORTER.clear()
+    yield EXPORTER
+    EXPORTER.clear()
+
+
+@pytest.fixture
+async def sdb(db_url: str, create_tables: CreateTables) -> AsyncIterator[DatabaseManager]:
+    async with DatabaseManager(make_settings(db_url, query_spans=True)) as manager:
+        await create_tables(manager, Base.metadata)
+        yield manager
+
+
+async def test_a_span_per_statement_with_semantic_attributes(
+    sdb: DatabaseManager, spans: InMemorySpanExporter, backend: str
+) -> None:
+    tracer = trace.get_tracer("test")
+    spans.clear()
+    with tracer.start_as_current_span("GET /widgets") as parent:
+        async with sdb.get_session() as session:
+            await session.execute(insert(Widget).values(id=1, name="secret-name"))
+            await session.scalars(select(Widget).where(Widget.name == "x"))
+    finished = {s.name: s for s in spans.get_finished_spans()}
+    assert "INSERT span_widgets" in finished, list(finished)
+    assert "SELECT span_widgets" in finished, list(finished)
+    span = finished["SELECT span_widgets"]
+    attrs = dict(span.attributes or {})
+    system = {"postgresql": "postgresql", "sqlite": "sqlite", "mariadb": "mariadb"}[backend]
+    assert attrs["db.system.name"] == system
+    assert attrs["db.operation.name"] == "SELECT"
+    assert attrs["db.collection.name"] == "span_widgets"
+    assert "db.namespace" in attrs
+    if backend != "sqlite":
+        assert attrs["server.address"] == "127.0.0.1"
+        assert isinstance(attrs["server.port"], int)
+    assert span.kind is SpanKind.CLIENT
+    assert span.parent is not None
+    assert span.parent.span_id == parent.get_span_context().span_id
+    for s in spans.get_finished_spans():
+        assert "secret-name" not in str(s.attributes)
+
+
+async def test_a_failing_statement_records_the_error(
+    sdb: DatabaseManager, spans: InMemorySpanExporter
+) -> None:
+    spans.clear()
+    with pytest.raises(DBAPIError):
+        async with sdb.get_session() as session:
+            await session.execute(text("SELECT * FROM no_such_table_for_spans"))
+    failed = [s for s in spans.get_finished_spans() if s.status.status_code is StatusCode.ERROR]
+    assert len(failed) == 1
+    assert failed[0].events and failed[0].events[0].name == "exception"
+
+
+def test_sanitize_drops_literals() -> None:
+    assert sanitize("SELECT * FROM t WHERE a = 'x''y' AND b = 42 AND c = $1") == (
+        "SELECT * FROM t WHERE a = ? AND b = ? AND c = $1"
+    )
