@@ -23,7 +23,9 @@ from dbkeel.exceptions import DecryptionError as DecryptionError
 from dbkeel.exceptions import InvalidValueError as InvalidValueError
 from dbkeel.exceptions import ManagerStateError as ManagerStateError
 from dbkeel.exceptions import MissingDependencyError as MissingDependencyError
+from dbkeel.exceptions import NoReplicaAvailableError as NoReplicaAvailableError
 from dbkeel.exceptions import PoolExhaustedError as PoolExhaustedError
+from dbkeel.exceptions import ReadOnlyTransactionError as ReadOnlyTransactionError
 from dbkeel.exceptions import RetryableError as RetryableError
 from dbkeel.manager import DatabaseManager as DatabaseManager
 from dbkeel.mixins import DbkeelSession as DbkeelSession
@@ -67,8 +69,10 @@ __all__ = [
     "JSONBType",
     "ManagerStateError",
     "MissingDependencyError",
+    "NoReplicaAvailableError",
     "PoolExhaustedError",
     "PoolMonitor",
+    "ReadOnlyTransactionError",
     "RetryableError",
     "SoftDeleteMixin",
     "StringArray",

@@ -19,6 +19,7 @@ from dbkeel.exceptions import (
     DbkeelError,
     InvalidValueError,
     PoolExhaustedError,
+    ReadOnlyTransactionError,
 )
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ __all__ = [
     "driver_error",
     "is_disconnect",
     "mysql_errno",
+    "read_only_error",
     "retryable_reason",
     "sqlstate",
     "translate_errors",
@@ -59,9 +61,44 @@ def translate_errors(pool: Pool | None = None, *, pool_timeout: float = 0.0) -> 
             # from None: the StatementError's text lists every bound parameter of the
             # statement (other columns' values, tokens...), which must not reach a log.
             raise exc.orig from None
+        read_only = read_only_error(exc)
+        if read_only is not None:
+            raise read_only from exc
         raise
     except StaleDataError as exc:
         raise concurrent_update_error(exc) from exc
+
+
+_READ_ONLY_VERB = re.compile(r"cannot execute (\w+(?: \w+)?) in a read-only transaction")
+_MYSQL_READ_ONLY_ERRNO = 1792  # "Cannot execute statement in a READ ONLY transaction"
+
+
+def read_only_error(exc: sqlalchemy.exc.StatementError) -> ReadOnlyTransactionError | None:
+    """*exc* as a ReadOnlyTransactionError if a read-only transaction refused a write."""
+    if sqlstate(exc) == "25006":
+        match = _READ_ONLY_VERB.search(str(exc.orig))
+        kind = match.group(1) if match else _verb(exc.statement)
+    elif mysql_errno(exc) == _MYSQL_READ_ONLY_ERRNO or (
+        # SQLite's PRAGMA query_only refusal (SQLITE_READONLY)
+        "attempt to write a readonly database" in str(exc.orig)
+        and exc.statement is not None
+        and _verb(exc.statement) not in ("PRAGMA",)
+    ):
+        kind = _verb(exc.statement)
+    else:
+        return None
+    return ReadOnlyTransactionError(
+        f"A {kind} statement ran in a read-only session (get_session(read_only=True)): "
+        f"read-only sessions may land on a replica, so the database refuses every write "
+        f"in them. Use a read-write session, `db.get_session()`, for statements that "
+        f"change data.",
+        statement_kind=kind,
+    )
+
+
+def _verb(statement: str | None) -> str:
+    words = (statement or "").split(None, 1)
+    return words[0].upper() if words else "write"
 
 
 def driver_error(

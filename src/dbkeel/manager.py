@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from dbkeel.encryption.keys import KeyProvider
+    from dbkeel.replicas import ReplicaRouter
 
 __all__ = ["DatabaseManager"]
 
@@ -94,6 +95,10 @@ class DatabaseManager:
         self._init_lock = asyncio.Lock()
         self._monitor: PoolMonitor | None = None
         self._leak_watch: asyncio.Task[None] | None = None
+        self._read_only_factory: async_sessionmaker[AsyncSession] | None = None
+        # Read replicas (DATABASE_REPLICA_URLS): routing and probing live in dbkeel.replicas.
+        self._router: ReplicaRouter | None = None
+        self._prober: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         url = self._settings.masked_url if self._settings is not None else "<from environment>"
@@ -164,14 +169,18 @@ class DatabaseManager:
                 # Includes CancelledError: never leave a half-built engine behind.
                 await _shielded(self._shutdown(engine))
                 raise
+            from dbkeel.replicas.readonly import read_only_factory, session_factory
+
+            session_class: type[DbkeelSession] = DbkeelSession
+            if settings.replica_urls:
+                from dbkeel.replicas.setup import start_replicas
+
+                self._router, self._prober = await start_replicas(settings, engine, key_ring)
+                session_class = self._router.sync_session_class
             self._engine = engine
-            self._session_factory = async_sessionmaker(
-                bind=engine,
-                expire_on_commit=False,
-                autoflush=True,
-                # soft-deleted rows hidden from get(), stale rows named in errors
-                sync_session_class=DbkeelSession,
-            )
+            # soft-deleted rows hidden from get(), stale rows named in errors
+            self._session_factory = session_factory(engine, session_class)
+            self._read_only_factory = read_only_factory(engine)
             self._state = "ready"
             return self
 
@@ -183,6 +192,11 @@ class DatabaseManager:
         """
         engine, self._engine, self._session_factory = self._engine, None, None
         self._state = "closed"
+        if self._router is not None:
+            from dbkeel.replicas.setup import stop_replicas
+
+            router, self._router, prober, self._prober = self._router, None, self._prober, None
+            await _shielded(stop_replicas(router, prober))
         # One shielded task: a cancelled shutdown must still stop the leak watcher and
         # close the sockets.
         await _shielded(self._shutdown(engine))
@@ -225,8 +239,15 @@ class DatabaseManager:
         return self._session_factory
 
     @asynccontextmanager
-    async def get_session(self) -> AsyncIterator[AsyncSession]:
+    async def get_session(
+        self, *, read_only: bool = False, after: str | None = None
+    ) -> AsyncIterator[AsyncSession]:
         """A session in a transaction: committed on success, rolled back on any error.
+
+        ``read_only=True``: a read-only transaction (``SET TRANSACTION READ ONLY``) on a
+        usable replica when ``DATABASE_REPLICA_URLS`` is set, else on the primary; a
+        write in it raises :class:`ReadOnlyTransactionError`. *after*, a token from
+        :meth:`consistency_token`, makes it see that write (see docs/replicas.md).
 
         The error is re-raised unchanged, except that a pool timeout becomes
         :class:`PoolExhaustedError` and a stale version :class:`ConcurrentUpdateError`
@@ -239,7 +260,8 @@ class DatabaseManager:
             async with db.get_session() as session:
                 session.add(order)
         """
-        session = self.session_factory()
+        factory = await self._read_factory(after) if read_only else self.session_factory
+        session = factory()
         engine = self.engine
         try:
             with translate_errors(engine.pool, pool_timeout=self.settings.pool_timeout):
@@ -251,6 +273,37 @@ class DatabaseManager:
             raise
         else:
             await _shielded_cleanup(session, rollback=False)
+
+    async def _read_factory(self, after: str | None) -> async_sessionmaker[AsyncSession]:
+        if self._router is not None:
+            return await self._router.read_factory(after)
+        if after is not None:
+            from dbkeel.replicas.tokens import parse_token
+
+            parse_token(after)  # a malformed token fails the same with or without replicas
+        if self._read_only_factory is None:
+            raise self._not_ready("get_session")
+        return self._read_only_factory
+
+    def consistency_token(self) -> str:
+        """An opaque string naming this context's last committed write.
+
+        Hand it to a later request (header, cookie) and pass it back as
+        ``get_session(read_only=True, after=token)``: that read then sees the write, on
+        whichever node it lands.
+
+        Example::
+
+            response.headers["X-Consistency"] = db.consistency_token()
+        """
+        from dbkeel.replicas.tokens import last_write, make_token
+
+        return make_token(last_write())
+
+    @property
+    def router(self) -> ReplicaRouter | None:
+        """The replica router (None without DATABASE_REPLICA_URLS)."""
+        return self._router
 
     async def run_in_transaction(
         self,
