@@ -253,3 +253,33 @@ async def test_primary_listed_as_replica_is_not_used(cluster: ReplicaCluster) ->
         await probe_once(db.router)
         assert db.router.nodes[0].state == "not-in-recovery"
         assert await _in_recovery(db, read_only=True) is False  # the primary, read-only
+
+
+async def test_replica_killed_mid_load_fails_no_read(cluster: ReplicaCluster) -> None:
+    # Last in the file: it stops replica 1 (immediate mode: the postmaster and its
+    # backends die at once) and starts it again afterwards.
+    settings = _settings(cluster, read_your_writes="off", replica_probe_interval=1.0)
+    async with DatabaseManager(settings) as db:
+        stop = asyncio.Event()
+        done, failed = [0], []
+
+        async def reader() -> None:
+            while not stop.is_set():
+                try:
+                    async with db.get_session(read_only=True) as session:
+                        await session.execute(text("SELECT count(*) FROM items"))
+                    done[0] += 1
+                except Exception as exc:
+                    failed.append(repr(exc)[:200])
+                await asyncio.sleep(0.005)
+
+        tasks = [asyncio.create_task(reader()) for _ in range(30)]
+        await asyncio.sleep(1.0)
+        before = done[0]
+        await asyncio.to_thread(cluster.replicas[0].ctl, "stop", "-m", "immediate")
+        await asyncio.sleep(2.0)
+        stop.set()
+        await asyncio.gather(*tasks)
+    await asyncio.to_thread(cluster.replicas[0].ctl, "start")
+    assert done[0] > before > 0
+    assert failed == [], (len(failed), failed[:3])

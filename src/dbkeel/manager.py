@@ -260,8 +260,7 @@ class DatabaseManager:
             async with db.get_session() as session:
                 session.add(order)
         """
-        factory = await self._read_factory(after) if read_only else self.session_factory
-        session = factory()
+        session = await self._read_session(after) if read_only else self.session_factory()
         engine = self.engine
         try:
             with translate_errors(engine.pool, pool_timeout=self.settings.pool_timeout):
@@ -274,16 +273,16 @@ class DatabaseManager:
         else:
             await _shielded_cleanup(session, rollback=False)
 
-    async def _read_factory(self, after: str | None) -> async_sessionmaker[AsyncSession]:
+    async def _read_session(self, after: str | None) -> AsyncSession:
         if self._router is not None:
-            return await self._router.read_factory(after)
+            return await self._router.read_session(after)
         if after is not None:
             from dbkeel.replicas.tokens import parse_token
 
             parse_token(after)  # a malformed token fails the same with or without replicas
         if self._read_only_factory is None:
             raise self._not_ready("get_session")
-        return self._read_only_factory
+        return self._read_only_factory()
 
     def consistency_token(self) -> str:
         """An opaque string naming this context's last committed write.

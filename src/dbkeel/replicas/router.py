@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.util import await_
@@ -120,6 +121,14 @@ def _forget(session: Session) -> None:
     session.info.pop("dbkeel_connection", None)
 
 
+def _discard_closed(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    # A replica's server died: its pooled sockets are closed. Free to check (no round
+    # trip), and the pool then opens a new connection, which fails fast if it is down.
+    is_closed = getattr(dbapi_connection.driver_connection, "is_closed", None)
+    if is_closed is not None and is_closed():
+        raise DisconnectionError("replica connection closed by the server")
+
+
 class ReplicaRouter:
     """The primary's read-only factory, the replica nodes and the routing rule."""
 
@@ -134,6 +143,8 @@ class ReplicaRouter:
             Node(f"replica-{i}", mask_url(engine.url), engine, read_only_factory(engine))
             for i, engine in enumerate(replicas, start=1)
         ]
+        for engine in replicas:
+            event.listen(engine.sync_engine.pool, "checkout", _discard_closed)
         self.primary_lsn = 0
         # (position, monotonic time first seen) of the primary, for the lag estimate
         self.primary_history: deque[tuple[int, float]] = deque(maxlen=1024)
@@ -153,10 +164,35 @@ class ReplicaRouter:
 
         return make_token(last_write())
 
-    async def read_factory(self, after: str | None) -> async_sessionmaker[AsyncSession]:
+    async def read_session(self, after: str | None) -> AsyncSession:
+        """A read-only session, its connection checked out: a replica that died since the
+        last probe is marked down and the next candidate (or the primary) is used."""
+        tried: set[int] = set()
+        while True:
+            factory = await self.read_factory(after, skip=tried)
+            session = factory()
+            node = self._node_of(factory)
+            if node is None:
+                return session  # the primary: connected lazily, as any session
+            try:
+                await session.connection()
+            except Exception as exc:  # a checkout that fails is a dead replica
+                await asyncio.shield(session.close())
+                node.reachable, node.lag, node.error = False, None, type(exc).__name__
+                logger.warning("%s (%s) failed at checkout: %s", node.name, node.url, exc)
+                tried.add(id(node))
+                continue
+            return session
+
+    def _node_of(self, factory: async_sessionmaker[AsyncSession]) -> Node | None:
+        return next((n for n in self.nodes if n.factory is factory), None)
+
+    async def read_factory(
+        self, after: str | None, skip: set[int] | None = None
+    ) -> async_sessionmaker[AsyncSession]:
         """The factory of a read-only session: a replica that satisfies *after*, or not."""
         needed = self._needed(after)
-        factory = self._pick(needed)
+        factory = self._pick(needed, skip)
         if factory is None and self.settings.replica_wait > 0 and needed is not None:
             deadline = time.monotonic() + self.settings.replica_wait
             while factory is None and time.monotonic() < deadline:
@@ -166,7 +202,7 @@ class ReplicaRouter:
                         await self._changed.wait()
                 except TimeoutError:
                     pass
-                factory = self._pick(needed)
+                factory = self._pick(needed, skip)
         if factory is not None:
             self._note_fallback(False)
             return factory
@@ -186,7 +222,9 @@ class ReplicaRouter:
                 mine = LastWrite(max(theirs.lsn, mine.lsn if mine else 0), theirs.at)
         return mine
 
-    def _pick(self, needed: LastWrite | None) -> async_sessionmaker[AsyncSession] | None:
+    def _pick(
+        self, needed: LastWrite | None, skip: set[int] | None = None
+    ) -> async_sessionmaker[AsyncSession] | None:
         max_lag = self.settings.replica_max_lag
         if needed is not None and self.mode.mode == "window":
             if time.time() - needed.at < self.mode.window:
@@ -195,7 +233,9 @@ class ReplicaRouter:
         candidates = [
             node
             for node in self.nodes
-            if node.usable(max_lag) and (needed is None or node.replay_lsn >= needed.lsn)
+            if node.usable(max_lag)
+            and (needed is None or node.replay_lsn >= needed.lsn)
+            and (not skip or id(node) not in skip)
         ]
         if not candidates:
             return None
