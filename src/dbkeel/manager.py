@@ -334,6 +334,9 @@ class DatabaseManager:
     async def health(self) -> HealthReport:
         """Reachability, round-trip latency, server version and pool status, as a dict.
 
+        With replicas, ``report["nodes"]`` lists every node (primary first) with its
+        role, state (``ok``, ``lagging``, ``down``, ``not-in-recovery``) and lag.
+
         Never raises for a database failure (``reachable`` is False and ``error`` says
         why), so it suits readiness endpoints; raises :class:`ManagerStateError` before
         initialize() or after close().
@@ -343,7 +346,11 @@ class DatabaseManager:
             report = await db.health()
             status_code = 200 if report["reachable"] else 503
         """
-        return await check_health(self.engine, timeout=self.settings.connect_timeout)
+        report = await check_health(self.engine, timeout=self.settings.connect_timeout)
+        if self._router is not None:
+            state = "ok" if report["reachable"] else "down"
+            report["nodes"] = self._router.describe(state, self.settings.masked_url)
+        return report
 
     # -- internals ----------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from sqlalchemy.util import await_
 from dbkeel._masking import mask_url
 from dbkeel.exceptions import NoReplicaAvailableError
 from dbkeel.mixins.session import DbkeelSession
+from dbkeel.monitoring.health import NodeReport
 from dbkeel.replicas.config import ReadYourWrites
 from dbkeel.replicas.readonly import read_only_factory
 from dbkeel.replicas.tokens import LastWrite, last_write, parse_lsn, parse_token, record_write
@@ -261,6 +262,35 @@ class ReplicaRouter:
                 logger.warning("no usable replica: reads go to the primary")
             else:
                 logger.info("a replica is usable again: reads go to replicas")
+
+    def describe(self, primary_state: str, primary_url: str) -> list[NodeReport]:
+        """Every node, primary first, for ``db.health()`` and ``dbkeel check``."""
+        max_lag = self.settings.replica_max_lag
+        report: list[NodeReport] = [
+            {
+                "node": "primary",
+                "role": "primary",
+                "url": primary_url,
+                "state": primary_state,
+                "lag_s": 0.0,
+                "error": None,
+            }
+        ]
+        for n in self.nodes:
+            state = n.state
+            if state == "ok" and not n.usable(max_lag):
+                state = "lagging"
+            report.append(
+                {
+                    "node": n.name,
+                    "role": "replica",
+                    "url": n.url,
+                    "state": state,
+                    "lag_s": n.lag,
+                    "error": n.error,
+                }
+            )
+        return report
 
     def notify(self) -> None:
         """Wake reads waiting for a replica to catch up (the prober calls it)."""
