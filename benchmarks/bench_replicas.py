@@ -18,10 +18,10 @@ import asyncio
 import os
 
 from sqlalchemy import text
+from tests.replica_rig import ReplicaCluster
 
 from benchmarks._harness import compare
 from dbkeel import DatabaseManager, DatabaseSettings
-from tests.replica_rig import ReplicaCluster
 
 TASKS = 8
 
