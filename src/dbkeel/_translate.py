@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = [
     "concurrent_update_error",
     "driver_error",
+    "failover_reason",
     "is_disconnect",
     "mysql_errno",
     "read_only_error",
@@ -185,6 +186,27 @@ def retryable_reason(exc: BaseException) -> str | None:
     errno = mysql_errno(exc)
     if errno in RETRYABLE_MYSQL_ERRNOS:
         return f"{RETRYABLE_MYSQL_ERRNOS[errno]} (error {errno})"
+    return None
+
+
+#: SQLSTATEs of a server going away under a transaction: admin/crash shutdown, cannot
+#: connect now (starting up, shutting down), connection failures, and a read-write
+#: transaction that reached a standby (a demoted primary during failover).
+FAILOVER_SQLSTATES = {"57P01", "57P02", "57P03", "25006"}
+
+
+def failover_reason(exc: BaseException) -> str | None:
+    """Why *exc*, raised BEFORE COMMIT, looks like the primary going away (failover).
+
+    The transaction did not commit, so running it again (on a fresh connection, which
+    the pool opens to whichever host now accepts writes) is safe. Never use this for an
+    error raised by COMMIT itself: that outcome is unknown.
+    """
+    state = sqlstate(exc)
+    if state is not None and (state in FAILOVER_SQLSTATES or state.startswith("08")):
+        return f"the primary went away (SQLSTATE {state})"
+    if is_disconnect(exc):
+        return f"the connection to the primary was lost ({type(exc).__name__})"
     return None
 
 
