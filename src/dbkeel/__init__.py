@@ -23,8 +23,10 @@ from dbkeel.exceptions import DecryptionError as DecryptionError
 from dbkeel.exceptions import InvalidValueError as InvalidValueError
 from dbkeel.exceptions import ManagerStateError as ManagerStateError
 from dbkeel.exceptions import MissingDependencyError as MissingDependencyError
+from dbkeel.exceptions import NoReplicaAvailableError as NoReplicaAvailableError
 from dbkeel.exceptions import NPlusOneError as NPlusOneError
 from dbkeel.exceptions import PoolExhaustedError as PoolExhaustedError
+from dbkeel.exceptions import ReadOnlyTransactionError as ReadOnlyTransactionError
 from dbkeel.exceptions import RetryableError as RetryableError
 from dbkeel.exceptions import StatementTimeoutError as StatementTimeoutError
 from dbkeel.manager import DatabaseManager as DatabaseManager
@@ -70,8 +72,10 @@ __all__ = [
     "ManagerStateError",
     "MissingDependencyError",
     "NPlusOneError",
+    "NoReplicaAvailableError",
     "PoolExhaustedError",
     "PoolMonitor",
+    "ReadOnlyTransactionError",
     "RetryableError",
     "SoftDeleteMixin",
     "StatementTimeoutError",

@@ -21,6 +21,7 @@ from dbkeel.exceptions import (
     DbkeelError,
     InvalidValueError,
     PoolExhaustedError,
+    ReadOnlyTransactionError,
     StatementTimeoutError,
 )
 
@@ -35,8 +36,10 @@ __all__ = [
     "commit",
     "concurrent_update_error",
     "driver_error",
+    "failover_reason",
     "is_disconnect",
     "mysql_errno",
+    "read_only_error",
     "retryable_reason",
     "sqlstate",
     "translate_errors",
@@ -78,7 +81,7 @@ def translate_errors(
             # from None: the StatementError's text lists every bound parameter of the
             # statement (other columns' values, tokens...), which must not reach a log.
             raise exc.orig from None
-        translated = _translate_database_error(exc, settings)
+        translated = read_only_error(exc) or _translate_database_error(exc, settings)
         if translated is not None:
             raise translated from exc
         raise
@@ -235,6 +238,38 @@ def _connection_lost(
     )
 
 
+_READ_ONLY_VERB = re.compile(r"cannot execute (\w+(?: \w+)?) in a read-only transaction")
+_MYSQL_READ_ONLY_ERRNO = 1792  # "Cannot execute statement in a READ ONLY transaction"
+
+
+def read_only_error(exc: sqlalchemy.exc.StatementError) -> ReadOnlyTransactionError | None:
+    """*exc* as a ReadOnlyTransactionError if a read-only transaction refused a write."""
+    if sqlstate(exc) == "25006":
+        match = _READ_ONLY_VERB.search(str(exc.orig))
+        kind = match.group(1) if match else _verb(exc.statement)
+    elif mysql_errno(exc) == _MYSQL_READ_ONLY_ERRNO or (
+        # SQLite's PRAGMA query_only refusal (SQLITE_READONLY)
+        "attempt to write a readonly database" in str(exc.orig)
+        and exc.statement is not None
+        and _verb(exc.statement) not in ("PRAGMA",)
+    ):
+        kind = _verb(exc.statement)
+    else:
+        return None
+    return ReadOnlyTransactionError(
+        f"A {kind} statement ran in a read-only session (get_session(read_only=True)): "
+        f"read-only sessions may land on a replica, so the database refuses every write "
+        f"in them. Use a read-write session, `db.get_session()`, for statements that "
+        f"change data.",
+        statement_kind=kind,
+    )
+
+
+def _verb(statement: str | None) -> str:
+    words = (statement or "").split(None, 1)
+    return words[0].upper() if words else "write"
+
+
 def driver_error(
     connection: Any, dialect: Dialect, exc: Exception, statement: str
 ) -> sqlalchemy.exc.DBAPIError | None:
@@ -319,6 +354,27 @@ def retryable_reason(exc: BaseException) -> str | None:
     errno = mysql_errno(exc)
     if errno in RETRYABLE_MYSQL_ERRNOS:
         return f"{RETRYABLE_MYSQL_ERRNOS[errno]} (error {errno})"
+    return None
+
+
+#: SQLSTATEs of a server going away under a transaction: admin/crash shutdown, cannot
+#: connect now (starting up, shutting down), connection failures, and a read-write
+#: transaction that reached a standby (a demoted primary during failover).
+FAILOVER_SQLSTATES = {"57P01", "57P02", "57P03", "25006"}
+
+
+def failover_reason(exc: BaseException) -> str | None:
+    """Why *exc*, raised BEFORE COMMIT, looks like the primary going away (failover).
+
+    The transaction did not commit, so running it again (on a fresh connection, which
+    the pool opens to whichever host now accepts writes) is safe. Never use this for an
+    error raised by COMMIT itself: that outcome is unknown.
+    """
+    state = sqlstate(exc)
+    if state is not None and (state in FAILOVER_SQLSTATES or state.startswith("08")):
+        return f"the primary went away (SQLSTATE {state})"
+    if is_disconnect(exc):
+        return f"the connection to the primary was lost ({type(exc).__name__})"
     return None
 
 

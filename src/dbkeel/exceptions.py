@@ -20,6 +20,8 @@ errors (something that happened at run time)::
         ├── ConcurrentUpdateError     optimistic-locking conflict (stale version)
         ├── RetryableError            serialization failure / deadlock / lock wait timeout
         ├── BulkLoadInterruptedError  a commit_every load failed part-way (rows_committed)
+        ├── ReadOnlyTransactionError  a write in a read_only=True session
+        ├── NoReplicaAvailableError   no usable replica and DATABASE_REPLICA_FALLBACK=raise
         └── CommitOutcomeUnknownError the connection dropped during COMMIT
 
 Every message says what happened, why, and what to do, and shows the offending value -
@@ -48,7 +50,9 @@ __all__ = [
     "ManagerStateError",
     "MissingDependencyError",
     "NPlusOneError",
+    "NoReplicaAvailableError",
     "PoolExhaustedError",
+    "ReadOnlyTransactionError",
     "RetryableError",
     "StatementTimeoutError",
 ]
@@ -240,6 +244,24 @@ class BulkLoadInterruptedError(DatabaseError):
         self.rows_committed = rows_committed
         self.rows_in_doubt = rows_in_doubt
         super().__init__(message)
+
+
+class ReadOnlyTransactionError(DatabaseError):
+    """A session opened with ``get_session(read_only=True)`` tried to write.
+
+    Raised the same way on a replica and on the primary (read-only sessions run
+    ``SET TRANSACTION READ ONLY`` wherever they land). ``statement_kind`` is the refused
+    verb (``INSERT``, ``UPDATE``...). Use ``db.get_session()`` for writes.
+    """
+
+    def __init__(self, message: str, *, statement_kind: str) -> None:
+        self.statement_kind = statement_kind
+        super().__init__(message)
+
+
+class NoReplicaAvailableError(DatabaseError):
+    """No replica is usable (down, lagging, not in recovery) and
+    ``DATABASE_REPLICA_FALLBACK=raise`` forbids reading from the primary instead."""
 
 
 class CommitOutcomeUnknownError(DatabaseError):

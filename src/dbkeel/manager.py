@@ -27,6 +27,7 @@ from dbkeel._masking import scrub_secrets
 from dbkeel._translate import commit, mysql_errno, sqlstate, translate_errors
 from dbkeel.engine import create_engine
 from dbkeel.exceptions import ConfigurationError, DatabaseUnavailableError, ManagerStateError
+from dbkeel.mixins.session import DbkeelSession
 from dbkeel.monitoring.health import HealthReport, check_health
 from dbkeel.monitoring.pool import PoolMonitor
 from dbkeel.monitoring.slow_queries import SlowQueryLog
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 
     from dbkeel.encryption.keys import KeyProvider
     from dbkeel.insight.context import InsightContext
+    from dbkeel.replicas import ReplicaRouter
 
 __all__ = ["DatabaseManager"]
 
@@ -94,6 +96,10 @@ class DatabaseManager:
         self._init_lock = asyncio.Lock()
         self._monitor: PoolMonitor | None = None
         self._leak_watch: asyncio.Task[None] | None = None
+        self._read_only_factory: async_sessionmaker[AsyncSession] | None = None
+        # Read replicas (DATABASE_REPLICA_URLS): routing and probing live in dbkeel.replicas.
+        self._router: ReplicaRouter | None = None
+        self._prober: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         url = self._settings.masked_url if self._settings is not None else "<from environment>"
@@ -149,9 +155,6 @@ class DatabaseManager:
             key_ring = await load_key_ring(settings, self._key_provider, self._metadata)
             engine = create_engine(settings)
             install_key_ring(engine, key_ring)
-            from dbkeel.insight.install import install_insight
-
-            session_class = install_insight(engine, settings)
             if settings.effective_monitoring:
                 # Before the first connection, so its connect time is counted too.
                 self._start_monitoring(engine, settings)
@@ -167,14 +170,22 @@ class DatabaseManager:
                 # Includes CancelledError: never leave a half-built engine behind.
                 await _shielded(self._shutdown(engine))
                 raise
+            from dbkeel.replicas.readonly import read_only_factory, session_factory
+
+            session_class: type[DbkeelSession] = DbkeelSession
+            if settings.replica_urls:
+                from dbkeel.replicas.setup import start_replicas
+
+                self._router, self._prober = await start_replicas(settings, engine, key_ring)
+                session_class = self._router.sync_session_class
+            from dbkeel.insight.install import install_insight
+
+            # N+1 detection listens on a subclass of the session class chosen above
+            session_class = install_insight(engine, settings, session_class)
             self._engine = engine
-            self._session_factory = async_sessionmaker(
-                bind=engine,
-                expire_on_commit=False,
-                autoflush=True,
-                # soft-deleted rows hidden from get(), stale rows named in errors
-                sync_session_class=session_class,
-            )
+            # soft-deleted rows hidden from get(), stale rows named in errors
+            self._session_factory = session_factory(engine, session_class)
+            self._read_only_factory = read_only_factory(engine)
             self._state = "ready"
             return self
 
@@ -186,6 +197,11 @@ class DatabaseManager:
         """
         engine, self._engine, self._session_factory = self._engine, None, None
         self._state = "closed"
+        if self._router is not None:
+            from dbkeel.replicas.setup import stop_replicas
+
+            router, self._router, prober, self._prober = self._router, None, self._prober, None
+            await _shielded(stop_replicas(router, prober))
         # One shielded task: a cancelled shutdown must still stop the leak watcher and
         # close the sockets.
         await _shielded(self._shutdown(engine))
@@ -242,8 +258,15 @@ class DatabaseManager:
         return self._session_factory
 
     @asynccontextmanager
-    async def get_session(self) -> AsyncIterator[AsyncSession]:
+    async def get_session(
+        self, *, read_only: bool = False, after: str | None = None
+    ) -> AsyncIterator[AsyncSession]:
         """A session in a transaction: committed on success, rolled back on any error.
+
+        ``read_only=True``: a read-only transaction (``SET TRANSACTION READ ONLY``) on a
+        usable replica when ``DATABASE_REPLICA_URLS`` is set, else on the primary; a
+        write in it raises :class:`ReadOnlyTransactionError`. *after*, a token from
+        :meth:`consistency_token`, makes it see that write (see docs/replicas.md).
 
         Database failures arrive as dbkeel errors (the original is ``__cause__``): a pool
         timeout as :class:`PoolExhaustedError`, a stale version as
@@ -259,7 +282,7 @@ class DatabaseManager:
             async with db.get_session() as session:
                 session.add(order)
         """
-        session = self.session_factory()
+        session = await self._read_session(after) if read_only else self.session_factory()
         engine = self.engine
         try:
             settings = self.settings
@@ -274,6 +297,37 @@ class DatabaseManager:
             raise
         else:
             await _shielded_cleanup(session, rollback=False)
+
+    async def _read_session(self, after: str | None) -> AsyncSession:
+        if self._router is not None:
+            return await self._router.read_session(after)
+        if after is not None:
+            from dbkeel.replicas.tokens import parse_token
+
+            parse_token(after)  # a malformed token fails the same with or without replicas
+        if self._read_only_factory is None:
+            raise self._not_ready("get_session")
+        return self._read_only_factory()
+
+    def consistency_token(self) -> str:
+        """An opaque string naming this context's last committed write.
+
+        Hand it to a later request (header, cookie) and pass it back as
+        ``get_session(read_only=True, after=token)``: that read then sees the write, on
+        whichever node it lands.
+
+        Example::
+
+            response.headers["X-Consistency"] = db.consistency_token()
+        """
+        from dbkeel.replicas.tokens import last_write, make_token
+
+        return make_token(last_write())
+
+    @property
+    def router(self) -> ReplicaRouter | None:
+        """The replica router (None without DATABASE_REPLICA_URLS)."""
+        return self._router
 
     async def run_in_transaction(
         self,
@@ -305,6 +359,9 @@ class DatabaseManager:
     async def health(self) -> HealthReport:
         """Reachability, round-trip latency, server version and pool status, as a dict.
 
+        With replicas, ``report["nodes"]`` lists every node (primary first) with its
+        role, state (``ok``, ``lagging``, ``down``, ``not-in-recovery``) and lag.
+
         Never raises for a database failure (``reachable`` is False and ``error`` says
         why), so it suits readiness endpoints; raises :class:`ManagerStateError` before
         initialize() or after close().
@@ -314,7 +371,11 @@ class DatabaseManager:
             report = await db.health()
             status_code = 200 if report["reachable"] else 503
         """
-        return await check_health(self.engine, timeout=self.settings.connect_timeout)
+        report = await check_health(self.engine, timeout=self.settings.connect_timeout)
+        if self._router is not None:
+            state = "ok" if report["reachable"] else "down"
+            report["nodes"] = self._router.describe(state, self.settings.masked_url)
+        return report
 
     # -- internals ----------------------------------------------------------------------
 

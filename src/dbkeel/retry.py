@@ -2,9 +2,11 @@
 
 Retried: :class:`ConcurrentUpdateError` (stale ``VersionMixin`` row), PostgreSQL
 serialization failures (40001) and deadlocks (40P01), MariaDB deadlocks (1213) and lock
-wait timeouts (1205). Each retry runs *fn* again from the start in a fresh session, after
-a jittered exponential pause. A connection lost during COMMIT is never retried: the
-transaction may have committed, so :class:`CommitOutcomeUnknownError` is raised.
+wait timeouts (1205), and a primary that went away before COMMIT (failover: the
+connection dropped, the server shut down, or it is now a standby). Each retry runs *fn*
+again from the start in a fresh session, after a jittered exponential pause. A
+connection lost during COMMIT is never retried: the transaction may have committed, so
+:class:`CommitOutcomeUnknownError` is raised.
 
 Example::
 
@@ -25,7 +27,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dbkeel._translate import commit, retryable_reason, translate_errors
+from dbkeel._translate import commit, failover_reason, retryable_reason, translate_errors
 from dbkeel.exceptions import (
     ConcurrentUpdateError,
     ConfigurationError,
@@ -104,7 +106,8 @@ async def _attempt(db: DatabaseManager, fn: Callable[[AsyncSession], Awaitable[T
             except ConcurrentUpdateError:
                 raise
             except Exception as exc:
-                reason = retryable_reason(exc)
+                # before COMMIT: a lost primary (failover) is as safe to retry as a conflict
+                reason = retryable_reason(exc) or failover_reason(exc)
                 if reason is None:
                     raise
                 raise _retryable(reason, exc) from exc

@@ -283,6 +283,53 @@ class DatabaseSettings(BaseSettings):
         description="An OpenTelemetry span per statement (needs dbkeel[otel]).",
     )
 
+    # -- read replicas (dbkeel.replicas; PostgreSQL, or MariaDB in window mode) ----------
+    replica_urls: str | None = _var(
+        "DATABASE_REPLICA_URLS",
+        default=None,
+        description="Comma-separated URLs of streaming replicas that serve "
+        "get_session(read_only=True).",
+    )
+    replica_max_lag: float = _var(
+        "DATABASE_REPLICA_MAX_LAG",
+        default=5.0,
+        gt=0,
+        description="Seconds behind the primary after which a replica is not used.",
+    )
+    read_your_writes: str | None = _var(
+        "DATABASE_READ_YOUR_WRITES",
+        default=None,
+        description="lsn (exact, PostgreSQL default), window:<seconds> (primary for that "
+        "long after a write; default window:2 elsewhere) or off.",
+    )
+    replica_probe_interval: float = _var(
+        "DATABASE_REPLICA_PROBE_INTERVAL",
+        default=1.0,
+        gt=0,
+        description="Seconds between health probes of each replica (lag, recovery, reach).",
+    )
+    replica_wait: float = _var(
+        "DATABASE_REPLICA_WAIT",
+        default=0.0,
+        ge=0,
+        le=60,
+        description="Seconds a read-your-writes read waits for a replica to catch up "
+        "before it reads from the primary.",
+    )
+    replica_fallback: Literal["primary", "raise"] = _var(
+        "DATABASE_REPLICA_FALLBACK",
+        default="primary",
+        description="With no usable replica: read from the primary, or raise "
+        "NoReplicaAvailableError.",
+    )
+    replica_pool_size: int | None = _var(
+        "DATABASE_REPLICA_POOL_SIZE",
+        default=None,
+        ge=1,
+        le=1000,
+        description="Pool size of each replica's engine (default: pool_size).",
+    )
+
     # Environment variable name of each field, for error messages and the docs table.
     ENV_NAMES: ClassVar[dict[str, str]] = {}
 
@@ -316,6 +363,17 @@ class DatabaseSettings(BaseSettings):
                 )
             return self
         object.__setattr__(self, "database_url", _normalise_url(self.database_url))
+        return self
+
+    @model_validator(mode="after")
+    def _check_replicas(self) -> DatabaseSettings:
+        from dbkeel.replicas.config import check_replica_settings
+
+        urls, mode = check_replica_settings(
+            self.replica_urls, self.read_your_writes, self.url, _normalise_url
+        )
+        object.__setattr__(self, "replica_urls", urls)
+        object.__setattr__(self, "read_your_writes", mode)
         return self
 
     @model_validator(mode="after")
@@ -410,15 +468,26 @@ class DatabaseSettings(BaseSettings):
         """The effective URL with the password replaced by ``***``."""
         return mask_url(self.url)
 
-    @field_serializer("database_url")
+    @property
+    def replica_url_list(self) -> list[URL]:
+        """The replica URLs, normalised (empty without DATABASE_REPLICA_URLS)."""
+        from dbkeel.replicas.config import split_urls
+
+        return [make_url(raw) for raw in split_urls(self.replica_urls)]
+
+    @field_serializer("database_url", "replica_urls")
     def _serialize_url(self, value: str | None) -> str | None:
         # model_dump()/model_dump_json() are what people log or serve on debug pages.
-        return None if value is None else mask_url(value)
+        from dbkeel.replicas.config import mask_urls
+
+        return None if value is None else mask_urls(value)
 
     def __repr_args__(self) -> Any:
+        from dbkeel.replicas.config import mask_urls
+
         for name, value in super().__repr_args__():
-            if name == "database_url" and value is not None:
-                yield name, mask_url(value)
+            if name in ("database_url", "replica_urls") and value is not None:
+                yield name, mask_urls(value)
             else:
                 yield name, value
 
@@ -434,7 +503,7 @@ def _normalise_url(raw: str, variable: str = "DATABASE_URL") -> str:
         url = make_url(raw)
     except (ArgumentError, ValueError):
         raise ValueError(
-            "DATABASE_URL is not a valid SQLAlchemy URL. Expected "
+            f"{variable} is not a valid SQLAlchemy URL. Expected "
             "dialect+driver://user:password@host:port/dbname, e.g. "
             "postgresql+asyncpg://app@localhost:5432/app"
         ) from None
@@ -442,7 +511,7 @@ def _normalise_url(raw: str, variable: str = "DATABASE_URL") -> str:
     if not driver:
         if backend not in _DEFAULT_DRIVERS:
             raise ValueError(
-                f"DATABASE_URL uses the database {backend!r}, which dbkeel does not know. "
+                f"{variable} uses the database {backend!r}, which dbkeel does not know. "
                 f"Accepted: postgresql+asyncpg, postgresql+psycopg, sqlite+aiosqlite, "
                 f"mysql+asyncmy, mariadb+asyncmy (or another async driver, spelled out)."
             )
@@ -450,7 +519,7 @@ def _normalise_url(raw: str, variable: str = "DATABASE_URL") -> str:
     elif driver in _SYNC_ONLY_DRIVERS:
         async_name = _DEFAULT_DRIVERS.get(backend, "an async driver")
         raise ValueError(
-            f"DATABASE_URL uses the driver {driver!r}, which is synchronous: dbkeel needs "
+            f"{variable} uses the driver {driver!r}, which is synchronous: dbkeel needs "
             f"an asyncio driver. Use {async_name} instead (install dbkeel[postgres], "
             f"dbkeel[sqlite] or dbkeel[mysql])."
         )

@@ -54,4 +54,11 @@ def _health_table(report: HealthReport) -> Table:
         table.add_row(key, str(report[key]))
     for key, value in report["pool"].items():
         table.add_row(f"pool.{key}", "unknown" if value is None else str(value))
+    for node in report.get("nodes", []):
+        lag = "?" if node["lag_s"] is None else f"{node['lag_s']:.2f} s"
+        table.add_row(
+            f"node {node['node']}",
+            f"{node['role']} {node['state']}, lag {lag}, {node['url']}"
+            + (f" ({node['error']})" if node["error"] else ""),
+        )
     return table

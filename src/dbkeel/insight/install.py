@@ -20,8 +20,13 @@ from dbkeel.settings import DatabaseSettings
 __all__ = ["install_insight"]
 
 
-def install_insight(engine: AsyncEngine, settings: DatabaseSettings) -> type[DbkeelSession]:
-    """Attach the listeners *settings* ask for; return the session class to use."""
+def install_insight(
+    engine: AsyncEngine,
+    settings: DatabaseSettings,
+    base: type[DbkeelSession] = DbkeelSession,
+) -> type[DbkeelSession]:
+    """Attach the listeners *settings* ask for; return the session class to use (*base*,
+    or a subclass of it that N+1 detection listens on)."""
     sync_engine = engine.sync_engine
     stats = StatsRecorder()
     event.listen(sync_engine, "before_cursor_execute", stats.before)
@@ -35,10 +40,10 @@ def install_insight(engine: AsyncEngine, settings: DatabaseSettings) -> type[Dbk
         StatementSpans(sync_engine).attach(sync_engine)
     mode = settings.effective_nplusone
     if mode == "off":
-        return DbkeelSession
+        return base
     # A subclass per manager: the listener must not reach sessions of other managers
     # (or of other settings) that share DbkeelSession.
-    session_class = type("DbkeelSession", (DbkeelSession,), {"__module__": __name__})
+    session_class = type(base.__name__, (base,), {"__module__": __name__})
     detector = NPlusOneDetector(mode, settings.nplusone_threshold)
     event.listen(session_class, "do_orm_execute", detector.on_execute)
     return session_class

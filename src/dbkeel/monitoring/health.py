@@ -14,7 +14,7 @@ import asyncio
 import logging
 import statistics
 from time import perf_counter
-from typing import Literal, TypedDict
+from typing import Literal, NotRequired, TypedDict
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -23,7 +23,7 @@ from dbkeel._masking import scrub_secrets
 from dbkeel.monitoring.pool import PoolMonitor
 from dbkeel.monitoring.status import PoolStatus
 
-__all__ = ["HealthReport", "check_health", "round_trip_ms"]
+__all__ = ["HealthReport", "NodeReport", "check_health", "round_trip_ms"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,19 @@ class HealthReport(TypedDict):
     server_version: str | None
     backend: str
     pool: PoolStatus
+    error: str | None
+    #: with DATABASE_REPLICA_URLS: every node (primary first) with role, state and lag
+    nodes: NotRequired[list[NodeReport]]
+
+
+class NodeReport(TypedDict):
+    """One node of :attr:`HealthReport.nodes` (``lag_s`` None when unknown)."""
+
+    node: str
+    role: Literal["primary", "replica"]
+    url: str
+    state: str
+    lag_s: float | None
     error: str | None
 
 

@@ -1,0 +1,77 @@
+"""Sessions that run ``SET TRANSACTION READ ONLY`` wherever they land.
+
+PostgreSQL (asyncpg): the ``postgresql_readonly`` connection characteristic makes the
+driver open the transaction with ``BEGIN READ ONLY``: no extra round trip. MariaDB:
+``SET TRANSACTION READ ONLY`` before the (implicit) transaction's first statement.
+SQLite: ``PRAGMA query_only``, switched off again when the connection returns to the pool.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session, SessionTransaction
+
+from dbkeel.mixins.session import DbkeelSession
+
+__all__ = ["read_only_factory", "session_factory"]
+
+_QUERY_ONLY = "dbkeel_query_only"
+
+
+class _MySQLReadOnlySession(DbkeelSession):
+    """A session whose transactions start with SET TRANSACTION READ ONLY (MariaDB)."""
+
+
+class _SQLiteReadOnlySession(DbkeelSession):
+    """A session whose connection refuses writes (SQLite PRAGMA query_only)."""
+
+
+@event.listens_for(_MySQLReadOnlySession, "after_begin")
+def _mysql_read_only(session: Session, transaction: SessionTransaction, connection: Any) -> None:
+    connection.exec_driver_sql("SET TRANSACTION READ ONLY")
+
+
+@event.listens_for(_SQLiteReadOnlySession, "after_begin")
+def _sqlite_read_only(session: Session, transaction: SessionTransaction, connection: Any) -> None:
+    connection.exec_driver_sql("PRAGMA query_only = ON")
+    connection.connection.info[_QUERY_ONLY] = True
+
+
+def _sqlite_reset(dbapi_connection: Any, record: Any, *args: Any) -> None:
+    # A pooled SQLite connection must not stay read-only for the next, read-write user.
+    if record.info.pop(_QUERY_ONLY, False):
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA query_only = OFF")
+        finally:
+            cursor.close()
+
+
+def session_factory(
+    engine: AsyncEngine, sync_session_class: type[Session] = DbkeelSession
+) -> async_sessionmaker[AsyncSession]:
+    """The session factory dbkeel uses for *engine* (see DatabaseManager.session_factory)."""
+    return async_sessionmaker(
+        bind=engine,
+        expire_on_commit=False,
+        autoflush=True,
+        # soft-deleted rows hidden from get(), stale rows named in errors
+        sync_session_class=sync_session_class,
+    )
+
+
+def read_only_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """A session factory on *engine* whose transactions are read-only."""
+    backend = engine.dialect.name
+    if backend == "postgresql":
+        return session_factory(engine.execution_options(postgresql_readonly=True))
+    if backend in ("mysql", "mariadb"):
+        return session_factory(engine, _MySQLReadOnlySession)
+    if backend == "sqlite":
+        if not event.contains(engine.sync_engine.pool, "checkin", _sqlite_reset):
+            event.listen(engine.sync_engine.pool, "checkin", _sqlite_reset)
+        return session_factory(engine, _SQLiteReadOnlySession)
+    return session_factory(engine)

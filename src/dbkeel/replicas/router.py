@@ -1,0 +1,327 @@
+"""``ReplicaRouter``: picks the engine of each session, primary or a usable replica.
+
+Routing decides from what the health prober last saw (no extra round trip per session):
+a replica is used when it is reachable, really in recovery, no further behind than
+``DATABASE_REPLICA_MAX_LAG``, and (``lsn`` mode) has replayed past the context's last
+write. Among those, round-robin. With none, the primary serves the read (or
+:class:`NoReplicaAvailableError`, by setting); each change of that state is logged once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.util import await_
+
+from dbkeel._masking import mask_url
+from dbkeel.exceptions import NoReplicaAvailableError
+from dbkeel.mixins.session import DbkeelSession
+from dbkeel.monitoring.health import NodeReport
+from dbkeel.replicas.config import ReadYourWrites
+from dbkeel.replicas.readonly import read_only_factory
+from dbkeel.replicas.tokens import LastWrite, last_write, parse_lsn, parse_token, record_write
+from dbkeel.settings import DatabaseSettings
+
+__all__ = ["Node", "RecordingSession", "ReplicaRouter"]
+
+logger = logging.getLogger(__name__)
+
+_WROTE = "dbkeel_wrote"
+
+
+@dataclass
+class Node:
+    """One replica: its engine, read-only session factory, and what the prober last saw."""
+
+    name: str
+    url: str  # masked
+    engine: AsyncEngine
+    factory: async_sessionmaker[AsyncSession]
+    reachable: bool = False
+    in_recovery: bool | None = None
+    replay_lsn: int = 0
+    lag: float | None = None
+    error: str | None = None
+    checked_at: float = field(default=0.0)
+
+    def usable(self, max_lag: float) -> bool:
+        """Reachable, a real replica, and not too far behind."""
+        return (
+            self.reachable
+            and self.in_recovery is True
+            and self.lag is not None
+            and self.lag <= max_lag
+        )
+
+    @property
+    def state(self) -> str:
+        """``ok``, ``down``, ``not-in-recovery``, ``lagging`` or ``unknown``."""
+        if not self.reachable:
+            return "down" if self.checked_at else "unknown"
+        if self.in_recovery is False:
+            return "not-in-recovery"
+        return "ok"
+
+
+class RecordingSession(DbkeelSession):
+    """A read-write session that notes the commit's WAL position (``lsn`` mode).
+
+    The position is read on the same connection right after COMMIT, before it returns to
+    the pool, with the driver's own call (one round trip, no transaction), and only when
+    the transaction wrote something.
+    """
+
+
+@event.listens_for(RecordingSession, "after_begin")
+def _remember_connection(session: Session, trans: SessionTransaction, connection: Any) -> None:
+    session.info["dbkeel_connection"] = connection
+
+
+@event.listens_for(RecordingSession, "after_flush")
+def _flushed(session: Session, context: Any) -> None:
+    session.info[_WROTE] = True
+
+
+@event.listens_for(RecordingSession, "do_orm_execute")
+def _executed(state: Any) -> None:
+    if not state.is_select:
+        state.session.info[_WROTE] = True
+
+
+@event.listens_for(RecordingSession, "after_commit")
+def _record_commit_lsn(session: Session) -> None:
+    connection = session.info.pop("dbkeel_connection", None)
+    if not session.info.pop(_WROTE, False) or connection is None:
+        return
+    try:
+        driver = connection.connection.driver_connection
+        lsn = await_(driver.fetchval("SELECT pg_current_wal_insert_lsn()::text"))
+    except Exception:
+        # The commit succeeded; without its position, the next read of this context
+        # goes to the primary (safe) instead of failing the request.
+        logger.warning("could not read the commit's WAL position", exc_info=True)
+        record_write(1 << 63)
+        return
+    record_write(parse_lsn(lsn))
+
+
+@event.listens_for(RecordingSession, "after_rollback")
+def _forget(session: Session) -> None:
+    session.info.pop(_WROTE, None)
+    session.info.pop("dbkeel_connection", None)
+
+
+def _discard_closed(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    # A replica's server died: its pooled sockets are closed. Free to check (no round
+    # trip), and the pool then opens a new connection, which fails fast if it is down.
+    is_closed = getattr(dbapi_connection.driver_connection, "is_closed", None)
+    if is_closed is not None and is_closed():
+        raise DisconnectionError("replica connection closed by the server")
+
+
+class ReplicaRouter:
+    """The primary's read-only factory, the replica nodes and the routing rule."""
+
+    def __init__(
+        self, settings: DatabaseSettings, primary: AsyncEngine, replicas: Sequence[AsyncEngine]
+    ) -> None:
+        self.settings = settings
+        self.mode = ReadYourWrites.parse(settings.read_your_writes or "off")
+        self.primary_engine = primary
+        self.primary_read_only = read_only_factory(primary)
+        self.nodes = [
+            Node(f"replica-{i}", mask_url(engine.url), engine, read_only_factory(engine))
+            for i, engine in enumerate(replicas, start=1)
+        ]
+        for engine in replicas:
+            event.listen(engine.sync_engine.pool, "checkout", _discard_closed)
+        self.primary_lsn = 0
+        # (position, monotonic time first seen) of the primary, for the lag estimate
+        self.primary_history: deque[tuple[int, float]] = deque(maxlen=1024)
+        self.fallbacks = 0  # reads the primary served because no replica was usable
+        self._cycle = itertools.count()
+        self._fallback_logged = False
+        self._changed = asyncio.Event()
+
+    @property
+    def sync_session_class(self) -> type[DbkeelSession]:
+        """Session class of read-write sessions (records commit positions in lsn mode)."""
+        return RecordingSession if self.mode.mode == "lsn" else _WindowSession
+
+    def token(self) -> str:
+        """This context's consistency token."""
+        from dbkeel.replicas.tokens import make_token
+
+        return make_token(last_write())
+
+    async def read_session(self, after: str | None) -> AsyncSession:
+        """A read-only session, its connection checked out: a replica that died since the
+        last probe is marked down and the next candidate (or the primary) is used."""
+        tried: set[int] = set()
+        while True:
+            factory = await self.read_factory(after, skip=tried)
+            session = factory()
+            node = self._node_of(factory)
+            if node is None:
+                return session  # the primary: connected lazily, as any session
+            try:
+                await session.connection()
+            except Exception as exc:  # a checkout that fails is a dead replica
+                await asyncio.shield(session.close())
+                node.reachable, node.lag, node.error = False, None, type(exc).__name__
+                logger.warning("%s (%s) failed at checkout: %s", node.name, node.url, exc)
+                tried.add(id(node))
+                continue
+            return session
+
+    def _node_of(self, factory: async_sessionmaker[AsyncSession]) -> Node | None:
+        return next((n for n in self.nodes if n.factory is factory), None)
+
+    async def read_factory(
+        self, after: str | None, skip: set[int] | None = None
+    ) -> async_sessionmaker[AsyncSession]:
+        """The factory of a read-only session: a replica that satisfies *after*, or not."""
+        needed = self._needed(after)
+        factory = self._pick(needed, skip)
+        if factory is None and self.settings.replica_wait > 0 and needed is not None:
+            deadline = time.monotonic() + self.settings.replica_wait
+            while factory is None and time.monotonic() < deadline:
+                self._changed.clear()
+                try:
+                    async with asyncio.timeout(max(deadline - time.monotonic(), 0)):
+                        await self._changed.wait()
+                except TimeoutError:
+                    pass
+                factory = self._pick(needed, skip)
+        if factory is not None:
+            self._note_fallback(False)
+            return factory
+        self._note_fallback(True)
+        self.fallbacks += 1
+        if self.settings.replica_fallback == "raise":
+            raise NoReplicaAvailableError(self._why_none(needed))
+        return self.primary_read_only
+
+    def _needed(self, after: str | None) -> LastWrite | None:
+        if self.mode.mode == "off":
+            return None
+        mine = last_write()
+        if after is not None:
+            theirs = parse_token(after)
+            if mine is None or theirs.lsn > mine.lsn or theirs.at > mine.at:
+                mine = LastWrite(max(theirs.lsn, mine.lsn if mine else 0), theirs.at)
+        return mine
+
+    def _pick(
+        self, needed: LastWrite | None, skip: set[int] | None = None
+    ) -> async_sessionmaker[AsyncSession] | None:
+        max_lag = self.settings.replica_max_lag
+        if needed is not None and self.mode.mode == "window":
+            if time.time() - needed.at < self.mode.window:
+                return None
+            needed = None
+        candidates = [
+            node
+            for node in self.nodes
+            if node.usable(max_lag)
+            and (needed is None or node.replay_lsn >= needed.lsn)
+            and (not skip or id(node) not in skip)
+        ]
+        if not candidates:
+            return None
+        return candidates[next(self._cycle) % len(candidates)].factory
+
+    def _why_none(self, needed: LastWrite | None) -> str:
+        states = ", ".join(
+            f"{n.name} {n.url}: {n.state}, lag {n.lag if n.lag is not None else '?'} s"
+            for n in self.nodes
+        )
+        return (
+            f"No replica can serve this read ({states}; DATABASE_REPLICA_MAX_LAG="
+            f"{self.settings.replica_max_lag:g}"
+            + (", and none has replayed this context's last write" if needed else "")
+            + "). DATABASE_REPLICA_FALLBACK=raise forbids reading from the primary: set it "
+            "to primary, or bring a replica back."
+        )
+
+    def _note_fallback(self, falling_back: bool) -> None:
+        if falling_back != self._fallback_logged:
+            self._fallback_logged = falling_back
+            if falling_back:
+                logger.warning("no usable replica: reads go to the primary")
+            else:
+                logger.info("a replica is usable again: reads go to replicas")
+
+    def describe(self, primary_state: str, primary_url: str) -> list[NodeReport]:
+        """Every node, primary first, for ``db.health()`` and ``dbkeel check``."""
+        max_lag = self.settings.replica_max_lag
+        report: list[NodeReport] = [
+            {
+                "node": "primary",
+                "role": "primary",
+                "url": primary_url,
+                "state": primary_state,
+                "lag_s": 0.0,
+                "error": None,
+            }
+        ]
+        for n in self.nodes:
+            state = n.state
+            if state == "ok" and not n.usable(max_lag):
+                state = "lagging"
+            report.append(
+                {
+                    "node": n.name,
+                    "role": "replica",
+                    "url": n.url,
+                    "state": state,
+                    "lag_s": n.lag,
+                    "error": n.error,
+                }
+            )
+        return report
+
+    def notify(self) -> None:
+        """Wake reads waiting for a replica to catch up (the prober calls it)."""
+        self._changed.set()
+
+    async def dispose(self) -> None:
+        """Close every replica engine."""
+        await asyncio.gather(*(n.engine.dispose() for n in self.nodes), return_exceptions=True)
+
+
+class _WindowSession(DbkeelSession):
+    """A read-write session that notes the time of each committed write (window mode)."""
+
+
+@event.listens_for(_WindowSession, "after_flush")
+def _window_flushed(session: Session, context: Any) -> None:
+    session.info[_WROTE] = True
+
+
+@event.listens_for(_WindowSession, "do_orm_execute")
+def _window_executed(state: Any) -> None:
+    if not state.is_select:
+        state.session.info[_WROTE] = True
+
+
+@event.listens_for(_WindowSession, "after_commit")
+def _window_commit(session: Session) -> None:
+    if session.info.pop(_WROTE, False):
+        record_write(0)
+
+
+@event.listens_for(_WindowSession, "after_rollback")
+def _window_forget(session: Session) -> None:
+    session.info.pop(_WROTE, None)
