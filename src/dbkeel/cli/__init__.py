@@ -161,6 +161,19 @@ def migrations_check(
     raise typer.Exit(asyncio.run(run_check(ini, as_json)))
 
 
+@migrations_app.command("lint")
+def migrations_lint(
+    files: Annotated[
+        list[Path] | None, typer.Argument(help="Migration files (default migrations/versions).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the findings as JSON.")] = False,
+) -> None:
+    """Flag operations that lock or rewrite big tables; exit 0 clean, 1 findings, 2 error."""
+    from dbkeel.cli.migrations import run_lint
+
+    raise typer.Exit(run_lint(files or [], as_json))
+
+
 @app.command()
 def migrate(
     ini: _Ini = Path("alembic.ini"),

@@ -15,7 +15,7 @@ from typing import Any
 from dbkeel.cli._console import console, print_error
 from dbkeel.exceptions import ConfigurationError, DbkeelError
 
-__all__ = ["EXIT_FAILED", "run_check", "run_init", "run_migrate"]
+__all__ = ["EXIT_FAILED", "run_check", "run_init", "run_lint", "run_migrate"]
 
 EXIT_FAILED = 2
 
@@ -102,3 +102,38 @@ async def run_migrate(
         return EXIT_FAILED
     console.print(f"[green]migrated[/] to {revision}.")
     return 0
+
+
+def run_lint(files: list[Path], as_json: bool) -> int:
+    """Lint migration files; 0 clean, 1 findings, 2 a file could not be read or parsed."""
+    from dbkeel.migrations.lint import Finding, lint_file
+
+    if not files:
+        files = sorted(Path("migrations", "versions").glob("*.py"))
+        if not files:
+            print_error(
+                ConfigurationError(
+                    "No migration files given and none in migrations/versions: pass the "
+                    "files to lint, e.g. `dbkeel migrations lint migrations/versions/*.py`."
+                )
+            )
+            return EXIT_FAILED
+    findings: list[Finding] = []
+    for path in files:
+        try:
+            findings.extend(lint_file(path))
+        except (OSError, SyntaxError, UnicodeDecodeError) as exc:
+            print_error(ConfigurationError(f"Cannot lint {path}: {exc}"))
+            return EXIT_FAILED
+    if as_json:
+        sys.stdout.write(json.dumps([f.to_dict() for f in findings], indent=2) + "\n")
+    else:
+        for f in findings:
+            console.print(
+                f"[bold red]{f.rule}[/] {f.path}:{f.line} {f.operation}: {f.title}\n"
+                f"  why: {f.why}\n  fix: {f.fix}\n"
+                f"  silence: # dbkeel: allow {f.rule}",
+                soft_wrap=True,
+            )
+        console.print(f"{len(findings)} finding(s) in {len(files)} file(s).")
+    return 1 if findings else 0
