@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -84,5 +85,32 @@ async def test_health_routes(pg_url: str) -> None:
         ready = await c.get("/health/ready")
         assert ready.status_code == 200, ready.text
         body = ready.json()
-        assert body["status"] == "ready" and body["backend"].startswith("postgresql")
+        assert body["status"] == "ready" and body["backend"] == "postgresql"
         assert "postgres@" not in ready.text
+
+
+async def test_pool_exhausted_is_503_with_retry_after_and_ready_says_so(pg_url: str) -> None:
+    app = FastAPI()
+    settings = make_settings(
+        pg_url, environment="production", pool_size=1, max_overflow=0, pool_timeout=0.2
+    )
+    install(app, DatabaseManager(settings))
+
+    @app.get("/one")
+    async def one(session: Session) -> dict[str, Any]:
+        return {"v": await session.scalar(text("SELECT 1"))}
+
+    async with client(app) as c:
+        assert (await c.get("/one")).json() == {"v": 1}
+        manager: DatabaseManager = app.state.dbkeel
+        async with manager.engine.connect() as held:
+            await held.execute(text("SELECT 1"))  # the pool's only connection
+            busy = await c.get("/one")
+            assert busy.status_code == 503, busy.text
+            assert busy.headers["Retry-After"] == "1"
+            assert busy.json()["error"] == "database_busy"
+            started = asyncio.get_running_loop().time()
+            ready = await c.get("/health/ready")
+            assert ready.status_code == 503 and ready.json()["pool_exhausted"] is True
+            assert asyncio.get_running_loop().time() - started < 0.5  # no wait for the pool
+        assert (await c.get("/health/ready")).status_code == 200

@@ -35,6 +35,7 @@ from dbkeel.exceptions import (
     PoolExhaustedError,
 )
 from dbkeel.manager import DatabaseManager
+from dbkeel.monitoring.status import PoolStatus, pool_status
 
 try:
     from starlette.requests import Request
@@ -97,23 +98,34 @@ async def _live(request: Request) -> Response:
 
 
 async def _ready(request: Request) -> Response:
-    report = await manager_of(request).health()
-    pool = report["pool"]
-    exhausted = (
+    db = manager_of(request)
+    # an exhausted pool answers at once: health() would wait pool_timeout for a connection
+    pool = pool_status(db.engine.pool)
+    exhausted = _exhausted(pool)
+    if exhausted:
+        body: dict[str, Any] = {"status": "not_ready", "reachable": None, "latency_ms": None}
+    else:
+        report = await db.health()
+        pool = report["pool"]
+        exhausted = _exhausted(pool)
+        ready = report["reachable"] and not exhausted
+        body = {
+            "status": "ready" if ready else "not_ready",
+            "reachable": report["reachable"],
+            "latency_ms": report["latency_ms"],
+        }
+    body.update(
+        {"pool_exhausted": exhausted, "backend": db.engine.dialect.name, "pool": dict(pool)}
+    )
+    return JSONResponse(body, status_code=200 if body["status"] == "ready" else 503)
+
+
+def _exhausted(pool: PoolStatus) -> bool:
+    return (
         pool["max"] is not None
         and pool["checked_out"] is not None
         and pool["checked_out"] >= pool["max"]
     )
-    ready = report["reachable"] and not exhausted
-    body = {
-        "status": "ready" if ready else "not_ready",
-        "reachable": report["reachable"],
-        "pool_exhausted": exhausted,
-        "latency_ms": report["latency_ms"],
-        "backend": report["backend"],
-        "pool": dict(pool),
-    }
-    return JSONResponse(body, status_code=200 if ready else 503)
 
 
 async def _metrics(request: Request) -> Response:
