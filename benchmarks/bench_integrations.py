@@ -58,7 +58,12 @@ def _load(base: str, ids: list[str], per_client: int, errors: list[str]) -> obje
 async def main() -> None:
     per_client = int(os.environ.get("DBKEEL_BENCH_INTEGRATIONS_REQUESTS", "40"))
     errors: dict[str, list[str]] = {"dbkeel install()": [], "hand-made": []}
-    env = {"DATABASE_POOL_SIZE": POOL_SIZE, "DATABASE_MAX_OVERFLOW": "0"}
+    # production: the profile a service runs under (development adds nothing to measure)
+    env = {
+        "ENVIRONMENT": "production",
+        "DATABASE_POOL_SIZE": POOL_SIZE,
+        "DATABASE_MAX_OVERFLOW": "0",
+    }
     with (
         serve(PG_URL, "dbkeel-bench-integ", **env) as dbkeel_base,
         serve(PG_URL, "dbkeel-bench-hand", "benchmarks._notes_handmade:app", **env) as hand_base,
