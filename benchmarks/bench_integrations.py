@@ -38,10 +38,16 @@ async def _seed(base: str) -> list[str]:
 def _load(base: str, ids: list[str], per_client: int, errors: list[str]) -> object:
     async def one_client(client: httpx.AsyncClient, n: int) -> int:
         for i in range(per_client):
-            if i % 5 == 4:
-                r = await client.post("/notes", json={"slug": secrets.token_hex(8), "body": "b"})
-            else:
-                r = await client.get(f"/notes/{ids[(n + i) % len(ids)]}")
+            try:
+                if i % 5 == 4:
+                    body = {"slug": secrets.token_hex(8), "body": "b"}
+                    r = await client.post("/notes", json=body)
+                else:
+                    r = await client.get(f"/notes/{ids[(n + i) % len(ids)]}")
+            except httpx.HTTPError as exc:
+                # counted, not raised: a dropped connection is a result to report
+                errors.append(f"{type(exc).__name__}: {exc}")
+                continue
             if r.status_code >= 400:
                 errors.append(f"{r.status_code} {r.text[:80]}")
         return per_client
