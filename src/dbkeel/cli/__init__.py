@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -128,6 +129,69 @@ def keys_reindex(
     from dbkeel.cli.keys import run_reindex
 
     raise typer.Exit(asyncio.run(run_reindex(models, column or None, batch_size)))
+
+
+migrations_app = typer.Typer(
+    help="Alembic migrations wired for dbkeel (needs dbkeel[migrations]).", no_args_is_help=True
+)
+app.add_typer(migrations_app, name="migrations")
+_Ini = Annotated[Path, typer.Option("--ini", help="Path of alembic.ini.")]
+
+
+@migrations_app.command("init")
+def migrations_init(
+    models: Annotated[str, typer.Option(help="The models: package.module:Base (or a MetaData).")],
+    directory: Annotated[Path, typer.Argument(help="Directory to create.")] = Path("migrations"),
+    ini: _Ini = Path("alembic.ini"),
+) -> None:
+    """Write an async Alembic environment whose URL comes from DATABASE_URL."""
+    from dbkeel.cli.migrations import run_init
+
+    raise typer.Exit(run_init(directory, models, ini))
+
+
+@migrations_app.command("check")
+def migrations_check(
+    ini: _Ini = Path("alembic.ini"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Compare models and database; exit 0 in sync, 1 differences, 2 could not check."""
+    from dbkeel.cli.migrations import run_check
+
+    raise typer.Exit(asyncio.run(run_check(ini, as_json)))
+
+
+@migrations_app.command("lint")
+def migrations_lint(
+    files: Annotated[
+        list[Path] | None, typer.Argument(help="Migration files (default migrations/versions).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the findings as JSON.")] = False,
+) -> None:
+    """Flag operations that lock or rewrite big tables; exit 0 clean, 1 findings, 2 error."""
+    from dbkeel.cli.migrations import run_lint
+
+    raise typer.Exit(run_lint(files or [], as_json))
+
+
+@app.command()
+def migrate(
+    ini: _Ini = Path("alembic.ini"),
+    revision: Annotated[str, typer.Option(help="Target revision.")] = "head",
+    wait: Annotated[
+        float, typer.Option(help="Seconds to wait for another migrate to finish.")
+    ] = 60.0,
+    lock_timeout: Annotated[
+        float, typer.Option(help="Seconds one DDL statement may wait for a table lock.")
+    ] = 10.0,
+    statement_timeout: Annotated[
+        float, typer.Option(help="Seconds one migration statement may run.")
+    ] = 300.0,
+) -> None:
+    """Upgrade the database under a lock (several instances may start at once)."""
+    from dbkeel.cli.migrations import run_migrate
+
+    raise typer.Exit(asyncio.run(run_migrate(ini, revision, wait, lock_timeout, statement_timeout)))
 
 
 def main() -> None:

@@ -135,7 +135,9 @@ def soft_delete_unique(*columns: str, name: str | None = None) -> Index:
 
     A partial index (``WHERE is_deleted = false``) on PostgreSQL and SQLite. MariaDB
     has no partial indexes, so there the index is not created and uniqueness among
-    live rows is not enforced by the database: check it in the application. Recognisable
+    live rows is not enforced by the database: check it in the application. Alembic
+    autogenerate leaves it out there too when ``env.py`` uses dbkeel's hooks
+    (``dbkeel migrations init``). Recognisable
     from metadata by ``index.info["dbkeel.soft_delete_unique"]``.
 
     Example::

@@ -1,0 +1,73 @@
+"""FastAPI: :func:`install` plus the ``Session`` / ``ReadSession`` dependencies.
+
+Example::
+
+    from dbkeel import DatabaseManager
+    from dbkeel.integrations.fastapi import ReadSession, Session, install
+
+    app = FastAPI()
+    install(app, DatabaseManager())
+
+    @app.post("/notes")
+    async def create(note: NoteIn, session: Session) -> NoteOut:
+        row = Note(text=note.text)
+        session.add(row)
+        await session.flush()
+        return NoteOut(id=row.id, text=row.text)
+
+The session commits **before the response is sent**: the dependency uses FastAPI's
+``scope="function"`` (FastAPI >= 0.121), so its exit - the commit - runs when the
+endpoint returns, and a failing commit (unique violation, serialization failure,
+version conflict) becomes an error status through the error handlers, never a 200 for
+data that was rolled back. A cancelled request (client gone, timeout) rolls back and
+returns the connection: :meth:`DatabaseManager.get_session` cleans up on cancellation.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dbkeel.exceptions import MissingDependencyError
+from dbkeel.integrations.starlette import (
+    ERROR_RESPONSES,
+    ErrorResponse,
+    install,
+    manager_of,
+)
+
+try:
+    from fastapi import Depends, Request
+except ImportError as exc:  # pragma: no cover - depends on the installed extras
+    raise MissingDependencyError("dbkeel's FastAPI integration", "fastapi", "fastapi") from exc
+
+__all__ = ["ERROR_RESPONSES", "ErrorResponse", "ReadSession", "Session", "install"]
+
+
+async def session_dependency(request: Request) -> AsyncIterator[AsyncSession]:
+    """A read-write session; committed when the endpoint returns, before the response."""
+    async with manager_of(request).get_session() as session:
+        yield session
+
+
+async def read_session_dependency(request: Request) -> AsyncIterator[AsyncSession]:
+    """A read-only session: on a replica when the manager supports ``read_only=True``.
+
+    Managers without replica support (no ``read_only`` parameter) give a primary session.
+    """
+    db = manager_of(request)
+    if "read_only" in inspect.signature(db.get_session).parameters:
+        context = db.get_session(read_only=True)  # type: ignore[call-arg]  # replica feature
+    else:
+        context = db.get_session()
+    async with context as session:
+        yield session
+
+
+#: ``session: Session`` in an endpoint: read-write, committed before the response.
+Session = Annotated[AsyncSession, Depends(session_dependency, scope="function")]
+#: ``session: ReadSession``: read-only (a replica when configured).
+ReadSession = Annotated[AsyncSession, Depends(read_session_dependency, scope="function")]
