@@ -25,7 +25,6 @@ returns the connection: :meth:`DatabaseManager.get_session` cleans up on cancell
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -54,16 +53,9 @@ async def session_dependency(request: Request) -> AsyncIterator[AsyncSession]:
 
 
 async def read_session_dependency(request: Request) -> AsyncIterator[AsyncSession]:
-    """A read-only session: on a replica when the manager supports ``read_only=True``.
-
-    Managers without replica support (no ``read_only`` parameter) give a primary session.
-    """
-    db = manager_of(request)
-    if "read_only" in inspect.signature(db.get_session).parameters:
-        context = db.get_session(read_only=True)  # type: ignore[call-arg]  # replica feature
-    else:
-        context = db.get_session()
-    async with context as session:
+    """A read-only session (``get_session(read_only=True)``): on a usable replica when
+    ``DATABASE_REPLICA_URLS`` is set, else a read-only transaction on the primary."""
+    async with manager_of(request).get_session(read_only=True) as session:
         yield session
 
 
