@@ -378,3 +378,60 @@ async def test_faults_under_load_lose_and_duplicate_no_acknowledged_commit(
     assert len(stored) == len(set(stored))
     assert set(acknowledged) <= set(stored)  # 0 lost
     assert set(stored) <= set(acknowledged) | set(unknown)  # 0 phantom rows
+
+
+async def test_server_restart_mid_load_loses_and_duplicates_no_acknowledged_commit(
+    create_tables: CreateTables,
+) -> None:
+    """A PostgreSQL restart under 20 writers, on a throwaway cluster of this test's own
+    (tests/replica_rig.py, a spare port; never the shared server): writers see only
+    dbkeel errors while it is down, every acknowledged commit survives exactly once, and
+    writes succeed again after the restart without restarting the application."""
+    from tests.replica_rig import ReplicaCluster
+
+    rig = await asyncio.to_thread(ReplicaCluster.build, 0, "dkb")
+    try:
+        url = rig.primary.url()
+        settings = make_settings(
+            url, environment="production", app_name="dbkeel-restart",
+            command_timeout=2, connect_timeout=2,
+        )  # fmt: skip
+        metadata = MetaData()
+        rows = Table("restart_rows", metadata, Column("id", String(36), primary_key=True))
+        acknowledged: list[str] = []
+        unknown: list[str] = []
+        errors: list[BaseException] = []
+        async with DatabaseManager(settings) as db:
+            await create_tables(db, metadata)
+            stop = asyncio.Event()
+
+            async def writer() -> None:
+                while not stop.is_set():
+                    row_id = str(uuid.uuid4())
+                    try:
+                        async with db.get_session() as session:
+                            await session.execute(rows.insert().values(id=row_id))
+                        acknowledged.append(row_id)
+                    except CommitOutcomeUnknownError:
+                        unknown.append(row_id)
+                    except (DatabaseUnavailableError, StatementTimeoutError) as exc:
+                        errors.append(exc)
+                        await asyncio.sleep(0.05)
+
+            writers = [asyncio.create_task(writer()) for _ in range(20)]
+            await asyncio.sleep(1.0)
+            before = len(acknowledged)
+            await asyncio.to_thread(rig.primary.ctl, "restart", "-m", "fast")
+            restarted = len(acknowledged)
+            await asyncio.sleep(1.5)
+            stop.set()
+            await asyncio.gather(*writers)  # a non-dbkeel error would surface here
+            async with db.get_session() as session:
+                stored = [r[0] for r in await session.execute(select(rows.c.id))]
+        assert before > 0 and errors, "the load or the fault did not happen"
+        assert len(acknowledged) > restarted, "no write succeeded after the restart"
+        assert len(stored) == len(set(stored))
+        assert set(acknowledged) <= set(stored)  # 0 lost
+        assert set(stored) <= set(acknowledged) | set(unknown)  # 0 phantom rows
+    finally:
+        await asyncio.to_thread(rig.drop)

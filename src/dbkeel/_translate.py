@@ -131,6 +131,11 @@ _SERVER_TIMEOUTS = {
     "55P03": ("lock_timeout", "lock timeout"),
 }
 _MYSQL_TIMEOUTS = {1969: "max_statement_time", 3024: "max_execution_time"}
+# The server shutting down, crashed, or still starting (PostgreSQL class 57P0x; class 08
+# is a connection exception), and MariaDB's "can't connect", "gone away", "lost
+# connection", "server shutdown in progress".
+_SERVER_GOING_AWAY = {"57P01", "57P02", "57P03"}
+_MYSQL_CONNECTION_ERRNOS = {1053, 2002, 2003, 2006, 2013}
 _DRIVER_PACKAGES = ("asyncpg", "asyncmy", "aiosqlite", "psycopg", "sqlalchemy")
 
 
@@ -161,6 +166,10 @@ def _translate_database_error(
             setting="DATABASE_STATEMENT_TIMEOUT",
             timeout=value,
         )
+    if (state is not None and (state.startswith("08") or state in _SERVER_GOING_AWAY)) or (
+        errno in _MYSQL_CONNECTION_ERRNOS
+    ):
+        return _connection_lost(exc, settings)
     if isinstance(exc, sqlalchemy.exc.DBAPIError) and (
         exc.connection_invalidated
         or (isinstance(exc, sqlalchemy.exc.InterfaceError) and "closed" in str(exc.orig))
