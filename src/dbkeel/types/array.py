@@ -81,6 +81,8 @@ class ArrayType(PortableType[list[Any]]):
 
     impl = JSON(none_as_null=True)
     cache_ok = True
+    # lists are not hashable: ORM .unique() must compare rows without hashing
+    hashable = False
 
     def __init__(
         self, item_type: TypeEngine[Any] | type[TypeEngine[Any]], *, mutable: bool = True
@@ -236,6 +238,19 @@ class StringArray(ArrayType):
     cache_ok = True
 
     def __init__(self, length: int | None = None, *, mutable: bool = True) -> None:
+        if length is not None and (
+            isinstance(length, bool) or not isinstance(length, int) or length < 1
+        ):
+            hint = (
+                " StringArray already holds strings: write StringArray() or "
+                "StringArray(50), or ArrayType(...) for other item types."
+                if isinstance(length, type) or isinstance(length, TypeEngine)
+                else ""
+            )
+            raise ConfigurationError(
+                f"StringArray(length={length!r}): length must be a whole number >= 1 (the "
+                f"longest string an item may hold), or None for no limit.{hint}"
+            )
         super().__init__(String(length), mutable=mutable)
         self.length = length
 

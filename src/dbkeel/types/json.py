@@ -9,7 +9,11 @@ MariaDB      ``JSON`` (an alias of ``LONGTEXT`` with a ``JSON_VALID`` check)
 ============ ============================================================================
 
 Python ``None`` is SQL ``NULL`` (not the JSON ``null`` SQLAlchemy's ``JSON`` stores by
-default), so ``column.is_(None)`` finds it on every database.
+default), so ``column.is_(None)`` finds it on every database. To store JSON ``null``
+itself, assign ``JSON.NULL`` (``from sqlalchemy import JSON``), as with SQLAlchemy's own
+``JSON(none_as_null=True)``; ``column == JSON.NULL`` finds those rows, and they read back
+as ``None``. Strings containing U+0000 are refused on every database: PostgreSQL's
+``JSONB`` cannot store that character.
 
 Example::
 
@@ -108,6 +112,17 @@ def _build_encoder(default: Callable[[Any], Any] | None) -> Callable[[Any], str]
     return encode
 
 
+def _holds_nul(value: Any) -> bool:
+    """True if a string (key or value) anywhere in *value* contains U+0000."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_holds_nul(v) for v in value)
+    return False
+
+
 class JSONBType(PortableType[Any]):
     """A JSON document column: ``JSONB`` on PostgreSQL, ``JSON`` on SQLite and MariaDB.
 
@@ -129,6 +144,8 @@ class JSONBType(PortableType[Any]):
 
     impl = JSON(none_as_null=True)
     cache_ok = True
+    # dicts and lists are not hashable: ORM .unique() must compare rows without hashing
+    hashable = False
 
     def __init__(
         self, *, mutable: bool = True, encoder: Callable[[Any], Any] | None = json_default
@@ -152,10 +169,24 @@ class JSONBType(PortableType[Any]):
 
     def encode(self, value: Any) -> str:
         """*value* as JSON text, or ``InvalidValueError`` naming the column."""
+        if value is JSON.NULL:  # an int subclass: it would be written as a big number
+            return "null"
         try:
-            return make_encoder(self.encoder)(value)  # one per encoder function, cached
+            text = make_encoder(self.encoder)(value)  # one per encoder function, cached
         except (TypeError, ValueError, RecursionError) as exc:
             raise self._unencodable(value, exc) from exc
+        if "\\u0000" in text and _holds_nul(value):
+            raise self._nul_refused(value)
+        return text
+
+    def _nul_refused(self, value: Any) -> Exception:
+        return self.invalid(
+            value,
+            "a string in it contains the character U+0000 (NUL), which PostgreSQL's JSONB "
+            "cannot store (dbkeel refuses it on every database, so data stays portable)",
+            "Remove or replace the NUL characters (e.g. s.replace('\\x00', '')), or store "
+            "the data base64-encoded.",
+        )
 
     def _unencodable(self, value: Any, exc: BaseException) -> Exception:
         reason = (
@@ -177,14 +208,23 @@ class JSONBType(PortableType[Any]):
         # One closure around a reused C encoder (make_encoder): faster than json.dumps.
         encode = make_encoder(self.encoder)
         unencodable = self._unencodable
+        nul_refused = self._nul_refused
+        json_null = JSON.NULL
 
         def bind_json(value: Any) -> Any:
             if value is None:
                 return None
+            if value is json_null:  # an int subclass: it would be written as a big number
+                return "null"
             try:
-                return encode(value)
+                text = encode(value)
             except (TypeError, ValueError, RecursionError) as exc:
                 raise unencodable(value, exc) from exc
+            # the C encoder writes NUL as \u0000; an escaped backslash before "u0000" is
+            # not one, so the rare hit is checked on the value itself
+            if "\\u0000" in text and _holds_nul(value):
+                raise nul_refused(value)
+            return text
 
         return bind_json
 
