@@ -244,7 +244,7 @@ class StringArray(ArrayType):
             hint = (
                 " StringArray already holds strings: write StringArray() or "
                 "StringArray(50), or ArrayType(...) for other item types."
-                if isinstance(length, type) or isinstance(length, TypeEngine)
+                if isinstance(length, type | TypeEngine)
                 else ""
             )
             raise ConfigurationError(
