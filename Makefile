@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.dbkeel-installed
 
-.PHONY: install demo test lint typecheck pytest bench services clean
+.PHONY: install demo test lint typecheck pytest bench bench-smoke services clean
 
 $(STAMP): pyproject.toml
 	@if ! $(PYTHON) -m uv --version >/dev/null 2>&1; then $(PYTHON) -m pip install -q uv; fi
@@ -27,7 +27,7 @@ typecheck: $(STAMP)
 pytest: $(STAMP) services
 	$(BIN)/pytest
 
-test: lint typecheck pytest
+test: lint typecheck pytest bench-smoke
 
 # Start PostgreSQL and MariaDB if they are not running (the CI machine starts them, but a
 # stopped one is started again here rather than failing the run).
@@ -36,6 +36,10 @@ services:
 
 bench: $(STAMP) services
 	$(BIN)/python -m benchmarks
+
+# Every benchmark once at tiny sizes (figures meaningless): CI sees a benchmark that broke.
+bench-smoke: $(STAMP) services
+	DBKEEL_BENCH_SMOKE=1 $(BIN)/python -m benchmarks
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache dbkeel.sqlite3*

@@ -23,6 +23,17 @@ MARIADB_URL = os.environ.get("DBKEEL_TEST_MARIADB_URL", "mysql+asyncmy://root@12
 
 Candidate = Callable[[], Awaitable[int]]
 
+#: ``make bench-smoke`` (DBKEEL_BENCH_SMOKE=1): every benchmark once, at tiny sizes, so that
+#: CI notices a benchmark that no longer runs. Its figures mean nothing.
+SMOKE = os.environ.get("DBKEEL_BENCH_SMOKE") == "1"
+
+
+def scaled(n: int, smoke: int | None = None) -> int:
+    """*n*, or a tiny size (*smoke*, else n/100) under ``make bench-smoke``."""
+    if not SMOKE:
+        return n
+    return smoke if smoke is not None else max(1, n // 100)
+
 
 @dataclass
 class Row:
@@ -46,6 +57,8 @@ async def compare(
 
     A candidate does a fixed amount of work and returns the number of operations it did.
     """
+    if SMOKE:
+        rounds, warmup = 1, 0
     for _ in range(warmup):
         for fn in candidates.values():
             await fn()

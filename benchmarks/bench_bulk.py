@@ -28,7 +28,7 @@ from typing import Any
 from sqlalchemy import String, Text, insert, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from benchmarks._harness import PG_URL, Row, compare, console
+from benchmarks._harness import PG_URL, SMOKE, Row, compare, console
 from dbkeel import DatabaseManager, DatabaseSettings, EncryptedType, bulk_insert
 from dbkeel.encryption import KeyRing, generate_key
 from dbkeel.mixins import TimestampMixin
@@ -102,7 +102,12 @@ def _manager() -> DatabaseManager:
 
 
 async def main() -> None:
-    sizes = [int(s) for s in os.environ.get("DBKEEL_BENCH_BULK_ROWS", "100000,1000000").split(",")]
+    sizes = [
+        int(s)
+        for s in os.environ.get(
+            "DBKEEL_BENCH_BULK_ROWS", "2000" if SMOKE else "100000,1000000"
+        ).split(",")
+    ]
     async with _manager() as db:
         async with db.engine.begin() as conn:
             await conn.run_sync(Base.metadata.drop_all)

@@ -17,12 +17,12 @@ from typing import Any
 from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select
 from sqlalchemy.dialects import postgresql
 
-from benchmarks._harness import PG_URL, compare
+from benchmarks._harness import PG_URL, compare, scaled
 from dbkeel import DatabaseManager, DatabaseSettings, EncryptedType
 from dbkeel.encryption import KeyRing, generate_key, registry
 
-VALUES = [f"user{i}@example.com" for i in range(10_000)]
-ROWS = 100_000
+VALUES = [f"user{i}@example.com" for i in range(scaled(10_000))]
+ROWS = scaled(100_000)
 
 
 def _types() -> tuple[MetaData, dict[str, Table]]:
@@ -176,7 +176,7 @@ async def update_hook(settings: DatabaseSettings, key_id: str, key: str) -> None
         managers.append(db)
 
         async def run(db: DatabaseManager = db) -> int:
-            for i in range(500):  # a request's statements: reads and a write
+            for i in range(scaled(500)):  # a request's statements: reads and a write
                 async with db.engine.begin() as conn:
                     await conn.scalar(select(table.c.name).where(table.c.id == 1))
                     await conn.execute(table.update().where(table.c.id == 1).values(name=f"n{i}"))

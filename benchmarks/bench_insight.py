@@ -22,7 +22,7 @@ from rich.table import Table
 from sqlalchemy import Integer, String, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from benchmarks._harness import PG_URL, compare, console
+from benchmarks._harness import PG_URL, compare, console, scaled
 from dbkeel import DatabaseManager, DatabaseSettings
 from dbkeel.insight import InsightContext, track
 
@@ -106,7 +106,9 @@ class _NoOpExporter(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
-async def main(requests_per_task: int = 300, memory_statements: int = 100_000) -> None:
+async def main(
+    requests_per_task: int = scaled(300, 2), memory_statements: int = scaled(100_000, 1_000)
+) -> None:
     provider = TracerProvider()
     provider.add_span_processor(BatchSpanProcessor(_NoOpExporter()))
     trace.set_tracer_provider(provider)

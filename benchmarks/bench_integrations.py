@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks._harness import PG_URL, compare, console
+from benchmarks._harness import PG_URL, SMOKE, compare, console
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.uvicorn_support import serve  # the project root is on sys.path now
@@ -62,7 +62,7 @@ def _load(base: str, ids: list[str], per_client: int, errors: list[str]) -> obje
 
 
 async def main() -> None:
-    per_client = int(os.environ.get("DBKEEL_BENCH_INTEGRATIONS_REQUESTS", "40"))
+    per_client = int(os.environ.get("DBKEEL_BENCH_INTEGRATIONS_REQUESTS", "2" if SMOKE else "40"))
     errors: dict[str, list[str]] = {"dbkeel install()": [], "hand-made": []}
     # production: the profile a service runs under (development adds nothing to measure)
     env = {

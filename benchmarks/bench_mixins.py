@@ -16,15 +16,15 @@ from sqlalchemy import Integer, String, event, false, select, text
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from benchmarks._harness import PG_URL, compare, console
+from benchmarks._harness import PG_URL, compare, console, scaled
 from dbkeel import DatabaseManager, DatabaseSettings, SoftDeleteMixin, VersionMixin
 from dbkeel.mixins.session import DbkeelSession
 
-ROWS = 2_000
-SELECTS = 20
-UPDATES = 200
-CLEAN = 300
-STATEMENTS = 500
+ROWS = scaled(2_000, 20)
+SELECTS = scaled(20, 1)
+UPDATES = scaled(200)
+CLEAN = scaled(300)
+STATEMENTS = scaled(500)
 
 
 class Base(DeclarativeBase):

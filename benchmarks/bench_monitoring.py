@@ -19,10 +19,10 @@ from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy import text
 from sqlalchemy.pool import QueuePool
 
-from benchmarks._harness import PG_URL, compare, console
+from benchmarks._harness import PG_URL, compare, console, scaled
 from dbkeel import DatabaseManager, DatabaseSettings, PoolMonitor
 
-TASKS = 1000
+TASKS = scaled(1000, 20)
 POOL_SIZE, MAX_OVERFLOW = 20, 10
 
 
@@ -101,7 +101,7 @@ async def _checkout_cycle() -> None:
     """The listeners' own cost, with no I/O to hide it: bare checkout + checkin on an
     in-process SQLite QueuePool. An upper bound of the per-checkout overhead."""
     engine = create_sync_engine("sqlite://", poolclass=QueuePool, pool_size=1, max_overflow=0)
-    cycles = 20_000
+    cycles = scaled(20_000)
 
     def cycle(monitor: str | None) -> Callable[[], Awaitable[int]]:
         async def run() -> int:

@@ -20,7 +20,7 @@ import os
 from sqlalchemy import text
 from tests.replica_rig import ReplicaCluster
 
-from benchmarks._harness import compare
+from benchmarks._harness import SMOKE, compare
 from dbkeel import DatabaseManager, DatabaseSettings
 
 TASKS = 8
@@ -38,7 +38,7 @@ def _settings(url: str, **extra: object) -> DatabaseSettings:
 
 
 async def main(size: int | None = None) -> None:
-    per_task = size or int(os.environ.get("DBKEEL_BENCH_SIZE", "150"))
+    per_task = size or int(os.environ.get("DBKEEL_BENCH_SIZE", "5" if SMOKE else "150"))
     rounds = 7 if per_task >= 50 else 3
     rig = await asyncio.to_thread(ReplicaCluster.build, 1, "dkb")
     try:

@@ -12,11 +12,11 @@ from sqlalchemy import Integer, String, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from benchmarks._harness import PG_URL, compare
+from benchmarks._harness import PG_URL, compare, scaled
 from dbkeel import DatabaseManager, DatabaseSettings
 
 TASKS = 8
-REQUESTS_PER_TASK = 150
+REQUESTS_PER_TASK = scaled(150, 2)
 
 
 class Base(DeclarativeBase):

@@ -21,12 +21,12 @@ from sqlalchemy.ext.mutable import MutableDict
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeEngine
 
-from benchmarks._harness import PG_URL, compare
+from benchmarks._harness import PG_URL, compare, scaled
 from dbkeel.types import JSONBType, StringArray, UTCDateTime, UUIDType, uuid7
 
-VALUES = 20_000
-ROWS = 10_000
-ORM_ROWS = 2_000
+VALUES = scaled(20_000)
+ROWS = scaled(10_000)
+ORM_ROWS = scaled(2_000)
 #: 50 keys, each holding nested dicts and lists (~3 kB of JSON)
 NESTED_DOC = {f"k{i}": {"a": [1, 2, {"b": "c"}], "n": {"x": i, "y": [i, i]}} for i in range(50)}
 NOW = dt.datetime.now(dt.UTC)

@@ -219,13 +219,25 @@ async def test_orm_model_and_mixin_columns_are_bound_to_their_own_table(
     assert B.__table__.c.secret.type._ident == b"enc_mixin_b.secret"  # type: ignore[attr-defined]
 
 
-async def test_startup_fails_when_encrypted_columns_exist_without_keys(db_url: str) -> None:
-    _models = secrets_table()  # kept alive: dropped models no longer count
-    manager = DatabaseManager(make_settings(db_url))
+async def test_startup_fails_when_its_encrypted_columns_exist_without_keys(db_url: str) -> None:
+    encrypted_md, _ = secrets_table()
+    manager = DatabaseManager(make_settings(db_url), metadata=encrypted_md)
     with pytest.raises(ConfigurationError, match=r"encrypted columns \(enc_secrets\.blob"):
         await manager.initialize()
     assert not manager.is_initialized
     await manager.close()
+
+
+async def test_manager_without_metadata_warns_about_other_models_and_starts(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Encrypted models register process-wide; a second manager with no keys and no
+    metadata (a CLI command, a benchmark, another database) used to refuse to start."""
+    _models = secrets_table()  # kept alive: dropped models no longer count
+    caplog.set_level(logging.WARNING, "dbkeel.encryption.registry")
+    async with DatabaseManager(make_settings(db_url)) as db:
+        assert db.is_initialized
+    assert "enc_secrets.blob" in caplog.text and "metadata=Base.metadata" in caplog.text
 
 
 async def test_manager_scoped_to_its_metadata_starts_without_other_models_keys(

@@ -57,9 +57,11 @@ class DatabaseManager:
     *settings* defaults to ``DatabaseSettings()`` (the environment), read when
     :meth:`initialize` runs, so creating a manager at import time costs nothing.
     *key_provider* supplies the keys of encrypted columns (default: the settings).
-    *metadata* (``Base.metadata``) names the models this manager serves: a manager
-    without keys then starts even while another database's encrypted models are loaded
-    in the same process (without it, any encrypted column loaded needs keys).
+    *metadata* (``Base.metadata``) names the models this manager serves: their encrypted
+    columns then need keys at startup (a ``ConfigurationError`` otherwise), and other
+    databases' encrypted models loaded in the same process are none of its business.
+    Without it, missing keys for loaded encrypted models are a startup warning, and
+    using such a column raises ``KeyRingError``.
 
     Example::
 

@@ -254,8 +254,8 @@ async def _demo_monitoring(db: DatabaseManager) -> None:
 async def _demo_encryption(db: DatabaseManager) -> None:
     """An encrypted, blind-indexed email column; then a key rotation under live data.
 
-    The model is built here, not at import: encrypted columns make initialize() demand a
-    key ring, and the demo's keys are made up on the spot rather than configured.
+    The demo's keys are made up on the spot rather than configured, and put on the
+    manager's engine with use_key_ring().
     """
     try:
         from dbkeel.encryption import (
@@ -266,7 +266,6 @@ async def _demo_encryption(db: DatabaseManager) -> None:
             rotate_keys,
             use_key_ring,
         )
-        from dbkeel.encryption.registry import forget_table
         from dbkeel.types import EncryptedType
 
         KeyRing.parse("k:" + generate_key()[1])  # imports cryptography
@@ -316,9 +315,6 @@ async def _demo_encryption(db: DatabaseManager) -> None:
         console.print(f"rotated {column.name}: before {column.before} -> after {column.after}")
     async with db.engine.begin() as conn:
         await conn.run_sync(SecretBase.metadata.drop_all)
-    # Encrypted columns register process-wide; this model was only for the demo, so the
-    # doctor's own manager (last step) must not ask for the demo's made-up keys.
-    forget_table(SecretBase.metadata.tables["demo_patients"])
 
 
 def _page_views(count: int) -> Iterator[dict[str, Any]]:

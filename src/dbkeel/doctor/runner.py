@@ -57,7 +57,8 @@ async def run_doctor(
     # The doctor opens connections the way the application does, but without a pool of
     # its own: an app configured with pool_size=1 must not make the doctor wait on itself.
     probe_settings = settings.model_copy(update={"environment": "test"})
-    async with DatabaseManager(probe_settings) as db:
+    # An empty metadata: the probe reads no encrypted column, so it needs no keys.
+    async with DatabaseManager(probe_settings, metadata=MetaData()) as db:
         facts = await probe_server(db.engine, settings.app_name)
     ctx = ServerContext(settings, pool_kwargs, worker_count, options)
     findings += check_server(ctx, facts)

@@ -15,6 +15,7 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
 
     from dbkeel.encryption.keys import KeyProvider, KeyRing
     from dbkeel.settings import DatabaseSettings
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "RING_ATTRIBUTE",
@@ -135,10 +138,12 @@ async def load_key_ring(
     settings: DatabaseSettings, provider: KeyProvider | None, metadata: MetaData | None = None
 ) -> KeyRing | None:
     """The ring from *provider* if given, else from settings; checked against the columns
-    (of *metadata*'s tables, or all).
+    of *metadata*'s tables, or of every loaded model.
 
-    Raises :class:`ConfigurationError` when encrypted columns exist but no keys are
-    configured, or blind-index columns exist but no blind-index key is.
+    With *metadata*, raises :class:`ConfigurationError` when its encrypted columns have
+    no keys, or its blind-index columns no blind-index key. Without it, logs that as a
+    warning: the loaded models may be another manager's (a use of such a column then
+    raises :class:`KeyRingError` naming it).
     """
     from dbkeel.encryption.keys import KeyRing
 
@@ -152,8 +157,9 @@ async def load_key_ring(
     else:
         ring = KeyRing.from_settings(settings)
     encrypted = encrypted_columns("encrypted", metadata)
+    problems = []
     if ring is None and encrypted:
-        raise ConfigurationError(
+        problems.append(
             f"The models define encrypted columns ({_describe(encrypted)}) but no key ring "
             f"is configured, so they could be neither written nor read. Set "
             f"DATABASE_ENCRYPTION_KEYS to ID:BASE64KEY entries (make one with `dbkeel keys "
@@ -161,10 +167,22 @@ async def load_key_ring(
         )
     indexed = encrypted_columns("blind_index", metadata)
     if indexed and (ring is None or not ring.has_index_key):
-        raise ConfigurationError(
+        problems.append(
             f"The models define blind-index columns ({_describe(indexed)}) but no "
             f"blind-index key is configured. Set DATABASE_BLIND_INDEX_KEY to a key of its "
             f"own (make one with `dbkeel keys generate`)."
+        )
+    if problems and metadata is not None:
+        # The manager was told which models it serves: they need keys, so fail now.
+        raise ConfigurationError(" ".join(problems))
+    if problems:
+        # Without metadata= the loaded models may belong to another database of this
+        # process (another manager, a benchmark, a CLI command): warn, and let a use of
+        # such a column raise KeyRingError naming it.
+        logger.warning(
+            "%s Pass DatabaseManager(metadata=Base.metadata) to make this a startup error "
+            "for the models this manager serves.",
+            " ".join(problems),
         )
     return ring
 
