@@ -330,3 +330,14 @@ async def test_close_stops_the_leak_watch(pg_pool: DatabaseManager) -> None:
     assert watch is not None and not watch.done()
     await pg_pool.close()
     assert watch.cancelled()
+
+
+async def test_design_call_on_a_monitored_manager_returns_its_monitor(pg_url: str) -> None:
+    """``PoolMonitor.setup_listeners(db.engine)``, the design's own call, on a production
+    manager (monitoring on) used to raise "already monitored with different options"."""
+    settings = make_settings(pg_url, environment="production", app_name="billing")
+    async with DatabaseManager(settings) as db:
+        assert db.monitor is not None
+        assert PoolMonitor.setup_listeners(db.engine) is db.monitor
+        with pytest.raises(ConfigurationError, match="already monitored"):
+            PoolMonitor.setup_listeners(db.engine, app_name="other")

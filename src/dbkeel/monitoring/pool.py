@@ -94,14 +94,20 @@ class PoolMonitor:
         """Attach a monitor to *engine* (async or sync) and return it; idempotent.
 
         Options are a :class:`MonitorOptions` or its fields as keywords. A second call for
-        the same engine returns the existing monitor; asking for different options then
-        raises :class:`~dbkeel.ConfigurationError` (call :meth:`remove_listeners` first).
+        the same engine returns the existing monitor: always when called without options
+        (as the design does, ``PoolMonitor.setup_listeners(db.engine)`` on a manager that
+        already monitors its engine); asking for different options raises
+        :class:`~dbkeel.ConfigurationError` (call :meth:`remove_listeners` first).
 
         Example::
 
             monitor = PoolMonitor.setup_listeners(engine, app_name="billing")
             assert PoolMonitor.setup_listeners(engine, app_name="billing") is monitor
         """
+        sync_engine = _sync(engine)
+        existing = _MONITORS.get(sync_engine)
+        if existing is not None and options is None and not kw:
+            return existing  # no options asked for: whatever monitors the engine will do
         if options is None:
             try:
                 options = MonitorOptions(**kw)
@@ -111,8 +117,6 @@ class PoolMonitor:
                     f"PoolMonitor.setup_listeners() got unknown options {sorted(kw)}; "
                     f"known: {known}."
                 ) from None
-        sync_engine = _sync(engine)
-        existing = _MONITORS.get(sync_engine)
         if existing is not None:
             if existing.options != options:
                 raise ConfigurationError(
