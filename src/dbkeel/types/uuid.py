@@ -195,7 +195,35 @@ class UUIDType(PortableType[UUID]):
     def process_result_value(self, value: Any, dialect: Dialect) -> UUID | None:
         if value is None or isinstance(value, UUID):
             return value
-        return UUID(bytes=bytes(value))
+        return self.read_stored(value)
+
+    def read_stored(self, value: Any) -> UUID:
+        """A stored value as a ``uuid.UUID``: 16 raw bytes (dbkeel's form) or the 32/36
+        hex characters that peers' non-binary mode writes (``CHAR(32)``); anything else
+        raises ``InvalidValueError`` naming the column."""
+        raw = bytes(value) if isinstance(value, bytes | bytearray | memoryview) else value
+        try:
+            if isinstance(raw, bytes) and len(raw) == 16:
+                return UUID(bytes=raw)
+            text = raw.decode("ascii") if isinstance(raw, bytes) else raw
+            if isinstance(text, str):
+                return UUID(text)
+        except (ValueError, UnicodeDecodeError):
+            pass
+        size = f"{len(raw)} bytes" if isinstance(raw, bytes | str) else type(raw).__name__
+        raise self.invalid(
+            f"<stored value of {size}>",
+            "the stored value is neither 16 bytes nor a 32/36-character hex UUID",
+            "Check what wrote this row; UUIDType reads what it writes and peers' CHAR(32) "
+            "hex UUIDs.",
+        )
+
+    def literal_processor(self, dialect: Dialect) -> Callable[[Any], str]:
+        # For literal_binds (offline Alembic SQL): the same form the bind sends.
+        coerce = self.coerce
+        if dialect.name == "postgresql":
+            return lambda value: f"'{coerce(value)}'"
+        return lambda value: f"X'{coerce(value).hex}'"
 
     # The two processors below do what the two methods above do, as single closures:
     # the ORM calls them once per value, so they are kept as short as the built-in Uuid's.
@@ -223,8 +251,15 @@ class UUIDType(PortableType[UUID]):
         if dialect.name == "postgresql":
             return None  # asyncpg returns its uuid.UUID subclass already
 
+        read_stored = self.read_stored
+
         def result_bytes(value: Any) -> UUID | None:
-            return None if value is None else UUID(bytes=value)
+            if value is None:
+                return None
+            try:
+                return UUID(bytes=value)
+            except (ValueError, TypeError):  # not 16 bytes: a peer's hex text, or bad data
+                return read_stored(value)
 
         return result_bytes
 
