@@ -30,6 +30,7 @@ from dbkeel.encryption import registry
 from dbkeel.encryption.envelope import OVERHEAD
 from dbkeel.exceptions import (
     ConfigurationError,
+    DecryptionError,
     EncryptedValueError,
     InvalidValueError,
     KeyRingError,
@@ -195,6 +196,8 @@ class EncryptedType(TypeDecorator[Any]):
         if ring is None or ident is None:
             raise self._no_keys(dialect)
         if value.__class__ is not bytes:
+            if not isinstance(value, bytearray | memoryview):
+                raise self._foreign(value)
             value = bytes(value)  # memoryview / bytearray from some drivers
         if self._plain_str:
             # KeyRing.open() inlined (see process_bind_param); any failure goes through
@@ -212,6 +215,17 @@ class EncryptedType(TypeDecorator[Any]):
         if self._inner_result:
             result = self.inner.process_result_value(result, dialect)  # type: ignore[attr-defined]
         return result
+
+    def _foreign(self, value: Any) -> DecryptionError:
+        # Text where dbkeel writes bytes: another library's ciphertext (sqlalchemy-utils'
+        # StringEncryptedType and advanced-alchemy's EncryptedString store base64 text).
+        return DecryptionError(
+            f"Cannot decrypt {self._where}: the stored value is {type(value).__name__} "
+            f"({len(value) if isinstance(value, str) else '?'} characters), not dbkeel's "
+            f"binary envelope. It was written by another library or by hand. Re-encrypt it "
+            f"with dbkeel (read it with the library that wrote it, then assign it through "
+            f"this column), or store it in a column of that library's type."
+        )
 
     def __repr__(self) -> str:
         return f"EncryptedType({self.inner!r})"
