@@ -177,9 +177,9 @@ async def test_index_is_hmac_of_normalized_value_under_the_index_key(
 
 
 async def test_startup_fails_with_blind_index_but_no_index_key(db_url: str) -> None:
-    _models = user_model()
+    base, _user = user_model()
     settings = make_settings(db_url, encryption_keys=f"k1:{B64['k1']}")
-    manager = DatabaseManager(settings)
+    manager = DatabaseManager(settings, metadata=base.metadata)  # its models: fail at startup
     with pytest.raises(
         ConfigurationError, match=r"blind-index columns \(bidx_users\.email_index\)"
     ):
