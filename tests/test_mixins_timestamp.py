@@ -101,3 +101,21 @@ async def test_without_trigger_raw_sql_does_not_bump_updated_at(
         await conn.execute(text("UPDATE ts_notes SET body = 'raw'"))
     async with db.get_session() as s:
         assert (await s.scalars(select(Note))).one().updated_at == note.updated_at
+
+
+async def test_a_timestamp_read_back_finds_its_row(
+    db: DatabaseManager, create_tables: CreateTables
+) -> None:
+    """Regression (issue 17): on SQLite the database clock stored 3 decimals while
+    UTCDateTime binds 6, so ``created_at == value_read_back`` found nothing."""
+    await create_tables(db, Base.metadata)
+    async with db.get_session() as session:
+        session.add(Note(body="one"))
+    async with db.get_session() as session:
+        created = (await session.execute(select(Note.created_at))).scalar_one()
+        equal = await session.scalars(select(Note.body).where(Note.created_at == created))
+        assert equal.all() == ["one"]
+        since = await session.scalars(select(Note.body).where(Note.created_at >= created))
+        assert since.all() == ["one"]
+        after = await session.scalars(select(Note.body).where(Note.created_at > created))
+        assert after.all() == []

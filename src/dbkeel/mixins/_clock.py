@@ -2,8 +2,9 @@
 
 PostgreSQL ``now()`` is a ``timestamptz`` (the transaction's start time). MariaDB's
 ``UTC_TIMESTAMP(6)`` does not depend on the session time zone, unlike ``NOW()``. SQLite's
-``CURRENT_TIMESTAMP`` has whole seconds only, so ``strftime('%Y-%m-%d %H:%M:%f')`` is
-used for milliseconds.
+``CURRENT_TIMESTAMP`` has whole seconds only, so ``strftime('%Y-%m-%d %H:%M:%f000')``
+is used: milliseconds, written with six decimals like every value ``UTCDateTime`` binds,
+so that a value read back compares equal to the stored text (SQLite compares the text).
 """
 
 from __future__ import annotations
@@ -45,4 +46,4 @@ def _mariadb(element: utcnow, compiler: SQLCompiler, **kw: Any) -> str:
 
 @compiles(utcnow, "sqlite")
 def _sqlite(element: utcnow, compiler: SQLCompiler, **kw: Any) -> str:
-    return "strftime('%Y-%m-%d %H:%M:%f', 'now')"
+    return "strftime('%Y-%m-%d %H:%M:%f000', 'now')"

@@ -47,7 +47,7 @@ def create_trigger_sql(dialect: str, table: str, column: str = "updated_at") -> 
         return [
             f'CREATE TRIGGER "{trigger}" AFTER UPDATE ON "{table}" FOR EACH ROW '
             f'WHEN NEW."{column}" IS OLD."{column}" BEGIN '
-            f"UPDATE \"{table}\" SET \"{column}\" = strftime('%Y-%m-%d %H:%M:%f', 'now') "
+            f"UPDATE \"{table}\" SET \"{column}\" = strftime('%Y-%m-%d %H:%M:%f000', 'now') "
             f"WHERE rowid = NEW.rowid; END"
         ]
     raise NotImplementedError(
