@@ -329,6 +329,46 @@ async def test_commit_that_gets_no_answer_has_an_unknown_outcome(
         assert not isinstance(info.value, StatementTimeoutError)  # never "just retry"
 
 
+class Writers:
+    """N tasks inserting rows with unique ids until stopped; records what each caller saw:
+    acknowledged commits, commits of unknown outcome, and dbkeel's fault errors (any
+    other exception ends the task and surfaces in ``stop()``)."""
+
+    def __init__(self, db: DatabaseManager, rows: Table, count: int = 20) -> None:
+        self.acknowledged: list[str] = []
+        self.unknown: list[str] = []
+        self.errors: list[BaseException] = []
+        self._db, self._rows = db, rows
+        self._stop = asyncio.Event()
+        self._tasks = [asyncio.create_task(self._write()) for _ in range(count)]
+
+    async def _write(self) -> None:
+        while not self._stop.is_set():
+            row_id = str(uuid.uuid4())
+            try:
+                async with self._db.get_session() as session:
+                    await session.execute(self._rows.insert().values(id=row_id))
+                self.acknowledged.append(row_id)
+            except CommitOutcomeUnknownError:
+                self.unknown.append(row_id)
+            except (DatabaseUnavailableError, StatementTimeoutError) as exc:
+                self.errors.append(exc)
+                await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+
+    async def assert_nothing_lost_or_duplicated(self) -> None:
+        async with self._db.get_session() as session:
+            stored = [r[0] for r in await session.execute(select(self._rows.c.id))]
+        assert self.acknowledged, "no commit went through: the load did not run"
+        assert self.errors, "no fault reached a writer: the test did not inject any"
+        assert len(stored) == len(set(stored))
+        assert set(self.acknowledged) <= set(stored)  # 0 lost
+        assert set(stored) <= set(self.acknowledged) | set(self.unknown)  # 0 phantom rows
+
+
 async def test_faults_under_load_lose_and_duplicate_no_acknowledged_commit(
     proxied_pg: tuple[TcpProxy, str], create_tables: CreateTables
 ) -> None:
@@ -342,42 +382,17 @@ async def test_faults_under_load_lose_and_duplicate_no_acknowledged_commit(
     )
     metadata = MetaData()
     rows = Table("load_rows", metadata, Column("id", String(36), primary_key=True))
-    acknowledged: list[str] = []
-    unknown: list[str] = []
-    errors: list[BaseException] = []
     async with DatabaseManager(settings) as db:
         await create_tables(db, metadata)
-        stop = asyncio.Event()
-
-        async def writer() -> None:
-            while not stop.is_set():
-                row_id = str(uuid.uuid4())
-                try:
-                    async with db.get_session() as session:
-                        await session.execute(rows.insert().values(id=row_id))
-                    acknowledged.append(row_id)
-                except CommitOutcomeUnknownError:
-                    unknown.append(row_id)
-                except (DatabaseUnavailableError, StatementTimeoutError) as exc:
-                    errors.append(exc)
-                    await asyncio.sleep(0.05)
-
-        writers = [asyncio.create_task(writer()) for _ in range(20)]
+        writers = Writers(db, rows)
         for _ in range(3):
             await asyncio.sleep(0.5)
             await proxy.drop()
             await asyncio.sleep(0.5)
-            await _terminate(make_url(url).set(port=make_url(url).port), app)
+            await _terminate(url, app)
         await asyncio.sleep(0.3)
-        stop.set()
-        await asyncio.gather(*writers)  # a non-dbkeel error would surface here
-        async with db.get_session() as session:
-            stored = [r[0] for r in await session.execute(select(rows.c.id))]
-    assert acknowledged, "no commit went through: the load did not run"
-    assert errors, "no fault reached a writer: the test did not inject any"
-    assert len(stored) == len(set(stored))
-    assert set(acknowledged) <= set(stored)  # 0 lost
-    assert set(stored) <= set(acknowledged) | set(unknown)  # 0 phantom rows
+        await writers.stop()  # a non-dbkeel error would surface here
+        await writers.assert_nothing_lost_or_duplicated()
 
 
 async def test_server_restart_mid_load_loses_and_duplicates_no_acknowledged_commit(
@@ -398,40 +413,15 @@ async def test_server_restart_mid_load_loses_and_duplicates_no_acknowledged_comm
         )  # fmt: skip
         metadata = MetaData()
         rows = Table("restart_rows", metadata, Column("id", String(36), primary_key=True))
-        acknowledged: list[str] = []
-        unknown: list[str] = []
-        errors: list[BaseException] = []
         async with DatabaseManager(settings) as db:
             await create_tables(db, metadata)
-            stop = asyncio.Event()
-
-            async def writer() -> None:
-                while not stop.is_set():
-                    row_id = str(uuid.uuid4())
-                    try:
-                        async with db.get_session() as session:
-                            await session.execute(rows.insert().values(id=row_id))
-                        acknowledged.append(row_id)
-                    except CommitOutcomeUnknownError:
-                        unknown.append(row_id)
-                    except (DatabaseUnavailableError, StatementTimeoutError) as exc:
-                        errors.append(exc)
-                        await asyncio.sleep(0.05)
-
-            writers = [asyncio.create_task(writer()) for _ in range(20)]
+            writers = Writers(db, rows)
             await asyncio.sleep(1.0)
-            before = len(acknowledged)
             await asyncio.to_thread(rig.primary.ctl, "restart", "-m", "fast")
-            restarted = len(acknowledged)
+            restarted = len(writers.acknowledged)
             await asyncio.sleep(1.5)
-            stop.set()
-            await asyncio.gather(*writers)  # a non-dbkeel error would surface here
-            async with db.get_session() as session:
-                stored = [r[0] for r in await session.execute(select(rows.c.id))]
-        assert before > 0 and errors, "the load or the fault did not happen"
-        assert len(acknowledged) > restarted, "no write succeeded after the restart"
-        assert len(stored) == len(set(stored))
-        assert set(acknowledged) <= set(stored)  # 0 lost
-        assert set(stored) <= set(acknowledged) | set(unknown)  # 0 phantom rows
+            await writers.stop()  # a non-dbkeel error would surface here
+            assert len(writers.acknowledged) > restarted, "no write succeeded after the restart"
+            await writers.assert_nothing_lost_or_duplicated()
     finally:
         await asyncio.to_thread(rig.drop)
