@@ -22,7 +22,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests benchmarks examples
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict src/dbkeel
+	$(BIN)/mypy --strict src/dbkeel src/dbkeel_pytest.py
 
 pytest: $(STAMP) services
 	$(BIN)/pytest

@@ -31,6 +31,9 @@ from sqlalchemy.pool import NullPool
 
 from dbkeel import DatabaseManager, DatabaseSettings
 
+# A sample application with its own test suite, run by tests/test_testing_plugin.py
+collect_ignore = ["plugin_sample"]
+
 BACKENDS = ("postgresql", "sqlite", "mariadb")
 SERVER_URLS = {
     "postgresql": os.environ.get(

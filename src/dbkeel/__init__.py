@@ -28,6 +28,7 @@ from dbkeel.exceptions import NPlusOneError as NPlusOneError
 from dbkeel.exceptions import PoolExhaustedError as PoolExhaustedError
 from dbkeel.exceptions import ReadOnlyTransactionError as ReadOnlyTransactionError
 from dbkeel.exceptions import RetryableError as RetryableError
+from dbkeel.exceptions import SandboxError as SandboxError
 from dbkeel.exceptions import StatementTimeoutError as StatementTimeoutError
 from dbkeel.manager import DatabaseManager as DatabaseManager
 from dbkeel.mixins import DbkeelSession as DbkeelSession
@@ -77,6 +78,7 @@ __all__ = [
     "PoolMonitor",
     "ReadOnlyTransactionError",
     "RetryableError",
+    "SandboxError",
     "SoftDeleteMixin",
     "StatementTimeoutError",
     "StringArray",

@@ -13,6 +13,7 @@ errors (something that happened at run time)::
     │   └── EncryptedValueError     an encrypted column refused a value (value never shown)
     ├── DecryptionError             a stored ciphertext cannot be opened
     ├── NPlusOneError               a relationship lazy-loaded row by row (DATABASE_NPLUSONE=raise)
+    ├── SandboxError                dbkeel.testing refused what would break a test's isolation
     └── DatabaseError               something went wrong talking to the database
         ├── DatabaseUnavailableError  the server cannot be reached / the connection was lost
         ├── StatementTimeoutError     a statement or COMMIT ran past a timeout (also TimeoutError)
@@ -54,6 +55,7 @@ __all__ = [
     "PoolExhaustedError",
     "ReadOnlyTransactionError",
     "RetryableError",
+    "SandboxError",
     "StatementTimeoutError",
 ]
 
@@ -88,6 +90,12 @@ class NPlusOneError(DbkeelError):
     Raised only with ``DATABASE_NPLUSONE=raise``; the message names the model, the
     relationship, the count, the code location and the eager-loading fix.
     """
+
+
+class SandboxError(DbkeelError):
+    """dbkeel's pytest plugin (:mod:`dbkeel.testing`) refused something that would break
+    a test's isolation: DDL that MariaDB would commit implicitly inside the test's
+    transaction, or the test's shared connection held by another task for too long."""
 
 
 class ManagerStateError(DbkeelError, RuntimeError):

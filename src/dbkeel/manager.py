@@ -102,6 +102,9 @@ class DatabaseManager:
         # Read replicas (DATABASE_REPLICA_URLS): routing and probing live in dbkeel.replicas.
         self._router: ReplicaRouter | None = None
         self._prober: asyncio.Task[None] | None = None
+        # dbkeel.testing lends this manager a test's sessions (Sandbox.attach): while it
+        # does, initialize() and close() leave the lent engine alone.
+        self._sandboxed = False
 
     def __repr__(self) -> str:
         url = self._settings.masked_url if self._settings is not None else "<from environment>"
@@ -197,6 +200,8 @@ class DatabaseManager:
         An ``initialize()`` still connecting when ``close()`` is called disposes of its
         own engine and raises :class:`ManagerStateError` instead of coming up.
         """
+        if self._sandboxed:
+            return  # the test's sandbox owns the engine; it ends with the test
         engine, self._engine, self._session_factory = self._engine, None, None
         self._state = "closed"
         if self._router is not None:
@@ -207,6 +212,40 @@ class DatabaseManager:
         # One shielded task: a cancelled shutdown must still stop the leak watcher and
         # close the sockets.
         await _shielded(self._shutdown(engine))
+
+    def _lend(
+        self,
+        engine: AsyncEngine,
+        factory: async_sessionmaker[AsyncSession],
+        read_only_factory: async_sessionmaker[AsyncSession],
+    ) -> Callable[[], None]:
+        """Serve sessions from *factory* until the returned function is called.
+
+        Used by :class:`dbkeel.testing.Sandbox` to put a test's transaction behind the
+        application's own manager; the application's engine, if any, is left untouched.
+        """
+        saved = (
+            self._engine,
+            self._session_factory,
+            self._read_only_factory,
+            self._router,
+            self._state,
+        )
+        self._engine, self._session_factory = engine, factory
+        self._read_only_factory, self._router = read_only_factory, None
+        self._state, self._sandboxed = "ready", True
+
+        def restore() -> None:
+            (
+                self._engine,
+                self._session_factory,
+                self._read_only_factory,
+                self._router,
+                self._state,
+            ) = saved
+            self._sandboxed = False
+
+        return restore
 
     def _closed_meanwhile(self) -> bool:
         # A method, not an inline check: close() can run while initialize() awaits, which

@@ -39,6 +39,10 @@ from dbkeel.bulk.prepare import ColumnPlan, RowPlan, ScalarDefault
 from dbkeel.exceptions import BulkRowError, ConfigurationError
 from dbkeel.types.uuid import UUIDType, uuid4_packed, uuid7, uuid7_packed
 
+#: ``connection.info`` key: the tables COPY loaded on that connection (read by
+#: dbkeel.testing, which empties them after a test that commits).
+COPIED_TABLES = "dbkeel.copied_tables"
+
 __all__ = ["CopyWriter", "copy_refused", "copy_unsupported_reason"]
 
 _MISSING: Any = object()
@@ -271,6 +275,11 @@ class CopyWriter:
                 raise error from exc
             written += feed.written
             pending = feed.pending
+        # dbkeel.testing empties the tables a committing test loaded (COPY bypasses the
+        # engine's statement events)
+        conn.info.setdefault(COPIED_TABLES, set()).add(
+            f"{self.schema}.{self.table_name}" if self.schema else self.table_name
+        )
         return written
 
     async def _sql_defaults(self, session: AsyncSession) -> tuple[Any, ...]:

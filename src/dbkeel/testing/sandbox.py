@@ -1,0 +1,264 @@
+"""``Sandbox``: one test's transaction, behind every session the application opens.
+
+A sandbox checks out one connection and begins the test's outer transaction on it. The
+session factories it lends to a :class:`~dbkeel.DatabaseManager` bind every session to
+that connection with ``join_transaction_mode="create_savepoint"`` (SQLAlchemy's
+"joining a session into an external transaction" recipe): the application's
+``commit()`` releases a SAVEPOINT, its ``rollback()`` rolls back to one, and
+:meth:`Sandbox.close` rolls the whole test back.
+
+Tasks that the test starts share the connection the way Ecto's sandbox does in shared
+mode: one session at a time holds it, from its SAVEPOINT to the release or rollback of
+that SAVEPOINT; others wait (up to *lock_timeout*, then :class:`SandboxError` names the
+task holding it). The same task may nest sessions (an endpoint called in-process while
+the test's own session is open).
+
+Example::
+
+    sandbox = await Sandbox.open(base_manager)
+    sandbox.attach(app.db)             # the application's manager now serves the test
+    try:
+        await create_user(app.db, "ada")   # its commit is a SAVEPOINT release
+    finally:
+        await sandbox.close()          # everything rolled back
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, AsyncTransaction
+from sqlalchemy.ext.asyncio import async_sessionmaker as AsyncSessionMaker
+from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.util import await_only
+
+from dbkeel.exceptions import ReadOnlyTransactionError, SandboxError
+from dbkeel.manager import DatabaseManager
+
+__all__ = ["Sandbox"]
+
+_INFO_KEY = "dbkeel.sandbox"
+# MariaDB/MySQL commit the open transaction implicitly before (and after) these, which
+# would make the test's writes permanent. Temporary tables are the exception.
+_IMPLICIT_COMMIT = re.compile(
+    r"^\s*(?:(?:CREATE|DROP)\s+(?!TEMPORARY\b)|ALTER\s|RENAME\s|TRUNCATE\s|"
+    r"(?:UN)?LOCK\s+TABLES|GRANT\s|REVOKE\s|BEGIN\b|START\s+TRANSACTION|COMMIT\b|"
+    r"(?:ANALYZE|OPTIMIZE|REPAIR)\s+TABLE|SET\s+(?:@@)?autocommit)",
+    re.IGNORECASE,
+)
+# What a read-only session may not run where the server does not enforce it for us.
+_WRITE = re.compile(
+    r"^\s*(INSERT|UPDATE|DELETE|REPLACE|MERGE|CREATE|DROP|ALTER|TRUNCATE)\b", re.IGNORECASE
+)
+_read_only_classes: dict[type[Session], type[Session]] = {}
+
+
+class Sandbox:
+    """The outer transaction of one test, lent to one or more ``DatabaseManager``.
+
+    Create it with :meth:`open` on an initialized manager connected to the test
+    database; :meth:`attach` makes a manager serve its sessions from it (the test's
+    own, or the application's module-level ``db``); :meth:`close` rolls everything back
+    and gives the managers their own sessions again.
+    """
+
+    def __init__(
+        self,
+        base: DatabaseManager,
+        connection: AsyncConnection,
+        transaction: AsyncTransaction,
+        *,
+        lock_timeout: float,
+    ) -> None:
+        self._base = base
+        self._connection = connection
+        self._transaction = transaction
+        self._lock_timeout = lock_timeout
+        self._lock = asyncio.Lock()
+        self._owner: asyncio.Task[Any] | None = None
+        self._depth = 0
+        self._read_only_at = 0  # savepoint depth of the read-only session, 0: none
+        self._restore: list[Callable[[], None]] = []
+        self._closed = False
+        factory = base.session_factory
+        kw = {**factory.kw, "bind": connection, "join_transaction_mode": "create_savepoint"}
+        self.session_factory: AsyncSessionMaker[AsyncSession] = AsyncSessionMaker(
+            class_=factory.class_, **kw
+        )
+        kw["sync_session_class"] = _read_only_class(kw.get("sync_session_class") or Session)
+        self.read_only_factory: AsyncSessionMaker[AsyncSession] = AsyncSessionMaker(
+            class_=factory.class_, **kw
+        )
+        sync = connection.sync_connection
+        assert sync is not None
+        sync.info[_INFO_KEY] = self
+        self._dialect = sync.dialect.name
+        event.listen(sync, "savepoint", self._on_savepoint)
+        event.listen(sync, "release_savepoint", self._on_savepoint_end)
+        event.listen(sync, "rollback_savepoint", self._on_savepoint_end)
+        event.listen(sync, "before_cursor_execute", self._guard)
+
+    @classmethod
+    async def open(cls, base: DatabaseManager, *, lock_timeout: float = 10.0) -> Sandbox:
+        """Check out a connection of *base* and begin the test's transaction on it.
+
+        *lock_timeout*: how long a task waits for the connection while another task's
+        session holds it, before :class:`SandboxError`.
+        """
+        connection = await base.engine.connect()
+        try:
+            transaction = await connection.begin()
+            return cls(base, connection, transaction, lock_timeout=lock_timeout)
+        except BaseException:
+            await asyncio.shield(connection.close())
+            raise
+
+    @property
+    def connection(self) -> AsyncConnection:
+        """The connection every session of this sandbox runs on."""
+        return self._connection
+
+    def attach(self, manager: DatabaseManager) -> DatabaseManager:
+        """Make *manager* serve this sandbox's sessions until :meth:`close`; returns it.
+
+        ``get_session()`` (also ``read_only=True``), ``session_factory`` and
+        ``run_in_transaction()`` then run inside the test's transaction;
+        ``initialize()`` and ``close()`` leave the sandbox alone, so an application's
+        lifespan can run in the test unchanged.
+        """
+        if self._closed:
+            raise SandboxError("Sandbox.attach() after close(): the test has ended.")
+        self._restore.append(
+            manager._lend(self._base.engine, self.session_factory, self.read_only_factory)
+        )
+        return manager
+
+    async def close(self) -> None:
+        """Roll the test's transaction back and return the connection; safe to call twice.
+
+        The rollback runs to completion even if the caller is cancelled.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        while self._restore:
+            self._restore.pop()()
+        await asyncio.shield(asyncio.ensure_future(self._rollback()))
+
+    async def _rollback(self) -> None:
+        try:
+            if self._transaction.is_active:
+                await self._transaction.rollback()
+        finally:
+            sync = self._connection.sync_connection
+            if sync is not None:
+                sync.info.pop(_INFO_KEY, None)
+                for name, fn in (
+                    ("savepoint", self._on_savepoint),
+                    ("release_savepoint", self._on_savepoint_end),
+                    ("rollback_savepoint", self._on_savepoint_end),
+                    ("before_cursor_execute", self._guard),
+                ):
+                    event.remove(sync, name, fn)
+            await self._connection.close()
+
+    # -- one session at a time on the shared connection ----------------------------------
+
+    def _on_savepoint(self, conn: Connection, name: str) -> None:
+        task = asyncio.current_task()
+        if task is None or self._owner is task:
+            self._depth += 1
+            return
+        await_only(self._acquire(task))
+        self._owner, self._depth = task, 1
+
+    async def _acquire(self, task: asyncio.Task[Any]) -> None:
+        try:
+            async with asyncio.timeout(self._lock_timeout):
+                await self._lock.acquire()
+        except TimeoutError:
+            holder = self._owner.get_name() if self._owner is not None else "?"
+            raise SandboxError(
+                f"Task {task.get_name()!r} waited {self._lock_timeout:g} s for the test's "
+                f"database connection, which a session of task {holder!r} still holds. "
+                f"Tasks of one test share its connection one session at a time: commit or "
+                f"close a session before awaiting work that needs another one (or mark the "
+                f"test @pytest.mark.dbkeel(transaction=False))."
+            ) from None
+
+    def _on_savepoint_end(self, conn: Connection, name: str, context: Any) -> None:
+        if self._owner is None or self._owner is not asyncio.current_task():
+            if self._depth:
+                self._depth -= 1
+            return
+        self._depth -= 1
+        if self._depth < self._read_only_at:
+            self._read_only_at = 0
+        if self._depth == 0:
+            self._owner = None
+            self._lock.release()
+
+    # -- statements the sandbox refuses ----------------------------------------------------
+
+    def _guard(
+        self,
+        conn: Connection,
+        cursor: Any,
+        statement: str,
+        parameters: Any,
+        context: Any,
+        executemany: bool,
+    ) -> None:
+        if self._read_only_at and self._dialect != "postgresql":
+            match = _WRITE.match(statement)
+            if match:
+                kind = match.group(1).upper()
+                raise ReadOnlyTransactionError(
+                    f"A {kind} statement ran in a read-only session (get_session("
+                    f"read_only=True)): read-only sessions may land on a replica, so "
+                    f"every write in them is refused. Use a read-write session, "
+                    f"`db.get_session()`, for statements that change data.",
+                    statement_kind=kind,
+                )
+        if self._dialect in ("mysql", "mariadb") and _IMPLICIT_COMMIT.match(statement):
+            verb = " ".join(statement.split()[:3])
+            raise SandboxError(
+                f"{verb!r} inside a test's transaction: MariaDB/MySQL commit the open "
+                f"transaction before DDL, so everything the test wrote would stay in the "
+                f"database. Create the schema through dbkeel_metadata / dbkeel_alembic, or "
+                f"mark the test @pytest.mark.dbkeel(transaction=False)."
+            )
+
+
+def _read_only_class(base: type[Session]) -> type[Session]:
+    """A subclass of *base* whose transactions are read-only and never released."""
+    cls = _read_only_classes.get(base)
+    if cls is None:
+        cls = type(f"ReadOnly{base.__name__}", (_ReadOnlySessionMixin, base), {})
+        event.listen(cls, "after_begin", _begin_read_only)
+        _read_only_classes[base] = cls
+    return cls
+
+
+class _ReadOnlySessionMixin:
+    def commit(self) -> None:
+        # Flushed first: a pending write must fail here as it would on a replica. Then
+        # rolled back, not released: releasing the SAVEPOINT would carry PostgreSQL's
+        # SET TRANSACTION READ ONLY into the test's transaction.
+        Session.flush(self)  # type: ignore[arg-type]
+        Session.rollback(self)  # type: ignore[arg-type]
+
+
+def _begin_read_only(session: Session, transaction: SessionTransaction, connection: Any) -> None:
+    sandbox = connection.info.get(_INFO_KEY)
+    if sandbox is None:
+        return
+    sandbox._read_only_at = max(sandbox._depth, 1)
+    if sandbox._dialect == "postgresql":
+        # allowed in a subtransaction; ROLLBACK TO SAVEPOINT undoes it
+        connection.exec_driver_sql("SET TRANSACTION READ ONLY")

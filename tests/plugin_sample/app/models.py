@@ -1,0 +1,21 @@
+from sqlalchemy import ForeignKey, String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from dbkeel import TimestampMixin, VersionMixin
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class User(TimestampMixin, Base):
+    __tablename__ = "plg_user"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(100), unique=True)
+
+
+class Note(VersionMixin, Base):
+    __tablename__ = "plg_note"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("plg_user.id"))
+    text: Mapped[str] = mapped_column(String(200))

@@ -1,0 +1,270 @@
+"""dbkeel's pytest plugin, proven on a sample application's own test suite.
+
+tests/plugin_sample is a small FastAPI application whose tests commit through the
+application's module-level ``DatabaseManager``; each test signs up the same address, so
+a commit that escaped one test fails the next. pytester runs that suite in a fresh
+interpreter, as a user's CI would, on PostgreSQL, SQLite and MariaDB.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import shutil
+from pathlib import Path
+
+import aiosqlite  # noqa: F401
+import asyncmy  # noqa: F401
+import asyncpg  # noqa: F401
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from tests import conftest
+
+# The drivers are imported above, before any test: pytester removes the modules a test
+# imported when it ends, and a C extension imported a second time (asyncpg) crashes.
+SAMPLE = Path(__file__).parent / "plugin_sample"
+# the sample suite: 14 tests, one of which fails on purpose
+PASSED, FAILED = 13, 1
+
+
+@pytest.fixture
+def app_url(backend: str, test_databases: conftest.TestDatabases, tmp_path: Path) -> str:
+    """The sample application's DATABASE_URL: a database name nobody uses; the plugin
+    works in ``<name>_test`` and never touches this one."""
+    server = make_url(test_databases.url(backend))  # fails clearly if the server is down
+    if backend == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'app.sqlite3'}"
+    name = f"dkp_{secrets.token_hex(4)}"
+    return server.set(database=name).render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def sample(pytester: pytest.Pytester, app_url: str, monkeypatch: pytest.MonkeyPatch) -> Path:
+    shutil.copytree(SAMPLE, pytester.path, dirs_exist_ok=True)
+    monkeypatch.setenv("DATABASE_URL", app_url)
+    return pytester.path
+
+
+def _server_databases(app_url: str) -> set[str]:
+    url = make_url(app_url)
+
+    async def names() -> set[str]:
+        engine = create_async_engine(
+            url.set(database="postgres") if url.get_backend_name() == "postgresql" else url,
+            poolclass=NullPool,
+        )
+        try:
+            async with engine.connect() as conn:
+                if url.get_backend_name() == "postgresql":
+                    rows = await conn.execute(text("SELECT datname FROM pg_database"))
+                else:
+                    rows = await conn.execute(text("SHOW DATABASES"))
+                return {str(r[0]) for r in rows}
+        finally:
+            await engine.dispose()
+
+    if url.get_backend_name() == "mysql":
+        url = url._replace(database=None)
+    return asyncio.run(names())
+
+
+def _test_database_exists(app_url: str, suffix: str = "_test") -> bool:
+    url = make_url(app_url)
+    if url.get_backend_name() == "sqlite":
+        path = Path(url.database or "")
+        return path.with_name(path.stem + suffix + path.suffix).exists()
+    return f"{url.database}{suffix}" in _server_databases(app_url)
+
+
+def _set_ini(path: Path, old: str, new: str) -> None:
+    ini = path / "pyproject.toml"
+    text_ = ini.read_text()
+    assert old in text_
+    ini.write_text(text_.replace(old, new))
+
+
+def test_the_sample_suite_is_isolated(
+    sample: Path, pytester: pytest.Pytester, app_url: str
+) -> None:
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=PASSED, failed=FAILED)
+    result.stdout.fnmatch_lines(["*FAILED tests/test_isolation.py::test_a_failing_test_leaves*"])
+    # the run's database is gone, and the application's own was never created
+    assert not _test_database_exists(app_url)
+    assert not _test_database_exists(app_url, suffix="")
+
+
+def test_isolation_fails_when_the_rollback_is_removed(
+    sample: Path, pytester: pytest.Pytester, app_url: str
+) -> None:
+    # The mutation check: a sandbox that commits instead of rolling back must make the
+    # sample's isolation tests fail, or they prove nothing.
+    (sample / "conftest.py").write_text(
+        "from dbkeel.testing.sandbox import Sandbox\n\n"
+        "async def _commit(self):\n"
+        "    await self._transaction.commit()\n"
+        "    await self._connection.close()\n\n"
+        "Sandbox._rollback = _commit\n"
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("failed", 0) > FAILED, result.stdout.str()[-3000:]
+    result.stdout.fnmatch_lines(["*FAILED tests/test_isolation.py::test_second_commit_is_inv*"])
+
+
+def test_two_xdist_workers_get_a_database_each(
+    sample: Path, pytester: pytest.Pytester, app_url: str, backend: str
+) -> None:
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2")
+    result.assert_outcomes(passed=PASSED, failed=FAILED)
+    for worker in ("gw0", "gw1"):
+        assert not _test_database_exists(app_url, suffix=f"_test_{worker}")
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+@pytest.mark.parametrize("asyncio_mode", ["strict", "auto"])
+def test_session_event_loops_and_strict_mode(
+    sample: Path, pytester: pytest.Pytester, asyncio_mode: str
+) -> None:
+    # One loop for the whole run: the connection is reused from test to test.
+    _set_ini(sample, 'asyncio_mode = "auto"', f'asyncio_mode = "{asyncio_mode}"')
+    _set_ini(
+        sample,
+        'asyncio_default_fixture_loop_scope = "function"\n'
+        'asyncio_default_test_loop_scope = "function"',
+        'asyncio_default_fixture_loop_scope = "session"\n'
+        'asyncio_default_test_loop_scope = "session"',
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=PASSED, failed=FAILED)
+
+
+def test_a_database_it_did_not_create_is_refused(
+    sample: Path, pytester: pytest.Pytester, app_url: str, backend: str
+) -> None:
+    test_url = make_url(app_url)
+    path = Path(test_url.database or "")
+    test_url = test_url.set(
+        database=str(path.with_name(path.stem + "_test" + path.suffix))
+        if backend == "sqlite"
+        else f"{test_url.database}_test"
+    )
+    asyncio.run(_create_foreign_database(test_url.render_as_string(hide_password=False)))
+    try:
+        result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+        result.assert_outcomes(errors=PASSED + FAILED)
+        result.stdout.fnmatch_lines(["*was not created by dbkeel's pytest plugin*"])
+        assert asyncio.run(_foreign_rows(test_url.render_as_string(hide_password=False))) == 1
+
+        # told explicitly: the schema is added, the tests run, the database stays
+        result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--dbkeel-allow-existing")
+        result.assert_outcomes(passed=PASSED, failed=FAILED)
+        assert asyncio.run(_foreign_rows(test_url.render_as_string(hide_password=False))) == 1
+    finally:
+        if backend == "sqlite":
+            Path(test_url.database or "").unlink(missing_ok=True)
+        else:
+            asyncio.run(_drop_foreign_database(test_url.render_as_string(hide_password=False)))
+
+
+async def _create_foreign_database(url: str) -> None:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        admin = _admin(url)
+        try:
+            async with admin.connect() as conn:
+                await conn.execute(text(f"CREATE DATABASE {parsed.database}"))
+        finally:
+            await admin.dispose()
+    engine = create_async_engine(url, poolclass=NullPool)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE precious (id INTEGER PRIMARY KEY)"))
+            await conn.execute(text("INSERT INTO precious VALUES (1)"))
+    finally:
+        await engine.dispose()
+
+
+async def _foreign_rows(url: str) -> int:
+    engine = create_async_engine(url, poolclass=NullPool)
+    try:
+        async with engine.connect() as conn:
+            return int((await conn.execute(text("SELECT count(*) FROM precious"))).scalar_one())
+    finally:
+        await engine.dispose()
+
+
+async def _drop_foreign_database(url: str) -> None:
+    parsed = make_url(url)
+    admin = _admin(url)
+    force = " WITH (FORCE)" if parsed.get_backend_name() == "postgresql" else ""
+    try:
+        async with admin.connect() as conn:
+            await conn.execute(text(f"DROP DATABASE IF EXISTS {parsed.database}{force}"))
+    finally:
+        await admin.dispose()
+
+
+def _admin(url: str) -> AsyncEngine:
+    parsed = make_url(url)
+    admin = (
+        parsed.set(database="postgres")
+        if parsed.get_backend_name() == "postgresql"
+        else parsed._replace(database=None)
+    )
+    return create_async_engine(admin, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+
+
+DDL_TEST = """
+import pytest
+from sqlalchemy import text
+
+from dbkeel import SandboxError
+
+pytestmark = pytest.mark.asyncio
+
+
+async def test_ddl(dbkeel_db):
+    async with dbkeel_db.get_session() as session:
+        await session.execute(text("CREATE TABLE plg_ddl (id INTEGER PRIMARY KEY)"))
+        await session.execute(text("INSERT INTO plg_ddl VALUES (1)"))
+
+
+async def test_ddl_was_rolled_back(dbkeel_db):
+    async with dbkeel_db.get_session() as session:
+        await session.execute(text("CREATE TABLE plg_ddl (id INTEGER PRIMARY KEY)"))
+"""
+
+
+def test_ddl_inside_the_test_transaction(
+    sample: Path, pytester: pytest.Pytester, backend: str
+) -> None:
+    (sample / "tests" / "test_ddl.py").write_text(DDL_TEST)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "tests/test_ddl.py")
+    if backend == "mariadb":
+        # MariaDB would commit the test's transaction: refused before it reaches the server
+        result.assert_outcomes(failed=2)
+        result.stdout.fnmatch_lines(["*SandboxError*commit the open transaction before DDL*"])
+    else:
+        # transactional DDL: the table is rolled back with the test
+        result.assert_outcomes(passed=2)
+
+
+def test_the_plugin_is_inert_until_its_fixtures_are_used(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_plain="""
+        import sys
+
+        def test_nothing_was_imported():
+            assert "sqlalchemy" not in sys.modules
+            assert "dbkeel" not in sys.modules
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    help_text = pytester.runpytest_subprocess("--help")
+    help_text.stdout.fnmatch_lines(["*--dbkeel-url*"])
