@@ -208,6 +208,7 @@ def _async_fixtures(scope: str) -> types.ModuleType:
         try:
             yield manager
         finally:
+            await dbkeel_database.release(manager)
             await manager.close()
 
     @pytest_asyncio.fixture(loop_scope=scope)  # type: ignore[call-overload,untyped-decorator]

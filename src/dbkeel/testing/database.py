@@ -11,6 +11,7 @@ Example (what the pytest plugin does; usable without pytest too)::
     base = await database.manager()
     async with database.isolated(base) as db:
         await create_user(db, "ada")      # rolled back when the block ends
+    await database.release(base)
     await base.close()
     database.drop()
 """
@@ -19,11 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import weakref
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from dbkeel.manager import DatabaseManager
 from dbkeel.settings import DatabaseSettings
@@ -72,6 +75,9 @@ class TestDatabase:
         self.metadata = metadata
         self.created = created
         self.lock_timeout = lock_timeout
+        self._kept: weakref.WeakKeyDictionary[DatabaseManager, AsyncConnection] = (
+            weakref.WeakKeyDictionary()
+        )
 
     @classmethod
     def provision(
@@ -125,6 +131,21 @@ class TestDatabase:
         """An initialized manager on the test database, for the running event loop."""
         return await DatabaseManager(self.settings, metadata=self.metadata).initialize()
 
+    async def _connection(self, base: DatabaseManager) -> AsyncConnection:
+        """*base*'s connection for sandboxes, kept from test to test (no pool checkout,
+        no pre-ping, factories built once); replaced if a test broke it."""
+        conn = self._kept.get(base)
+        if conn is None or conn.closed or conn.invalidated:
+            conn = await base.engine.connect()
+            self._kept[base] = conn
+        return conn
+
+    async def release(self, base: DatabaseManager) -> None:
+        """Return the connection kept for *base* (before ``base.close()``)."""
+        conn = self._kept.pop(base, None)
+        if conn is not None:
+            await asyncio.shield(conn.close())
+
     @asynccontextmanager
     async def isolated(
         self,
@@ -143,7 +164,9 @@ class TestDatabase:
         if transaction:
             from dbkeel.testing.sandbox import Sandbox
 
-            sandbox = await Sandbox.open(base, lock_timeout=self.lock_timeout)
+            sandbox = await Sandbox.open(
+                base, lock_timeout=self.lock_timeout, connection=await self._connection(base)
+            )
             try:
                 sandbox.attach(manager)
                 if app_manager is not None:

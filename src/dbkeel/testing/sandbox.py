@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, AsyncTransaction
 from sqlalchemy.ext.asyncio import async_sessionmaker as AsyncSessionMaker
 from sqlalchemy.orm import Session, SessionTransaction
@@ -43,6 +43,7 @@ from dbkeel.manager import DatabaseManager
 __all__ = ["Sandbox"]
 
 _INFO_KEY = "dbkeel.sandbox"
+_FACTORIES_KEY = "dbkeel.sandbox_factories"
 # MariaDB/MySQL commit the open transaction implicitly before (and after) these, which
 # would make the test's writes permanent. Temporary tables are the exception.
 _IMPLICIT_COMMIT = re.compile(
@@ -74,48 +75,49 @@ class Sandbox:
         transaction: AsyncTransaction,
         *,
         lock_timeout: float,
+        keep_connection: bool = False,
     ) -> None:
         self._base = base
         self._connection = connection
         self._transaction = transaction
         self._lock_timeout = lock_timeout
+        self._keep_connection = keep_connection
         self._lock = asyncio.Lock()
         self._owner: asyncio.Task[Any] | None = None
         self._depth = 0
         self._read_only_at = 0  # savepoint depth of the read-only session, 0: none
         self._restore: list[Callable[[], None]] = []
         self._closed = False
-        factory = base.session_factory
-        kw = {**factory.kw, "bind": connection, "join_transaction_mode": "create_savepoint"}
-        self.session_factory: AsyncSessionMaker[AsyncSession] = AsyncSessionMaker(
-            class_=factory.class_, **kw
-        )
-        kw["sync_session_class"] = _read_only_class(kw.get("sync_session_class") or Session)
-        self.read_only_factory: AsyncSessionMaker[AsyncSession] = AsyncSessionMaker(
-            class_=factory.class_, **kw
-        )
         sync = connection.sync_connection
         assert sync is not None
-        sync.info[_INFO_KEY] = self
         self._dialect = sync.dialect.name
-        event.listen(sync, "savepoint", self._on_savepoint)
-        event.listen(sync, "release_savepoint", self._on_savepoint_end)
-        event.listen(sync, "rollback_savepoint", self._on_savepoint_end)
-        event.listen(sync, "before_cursor_execute", self._guard)
+        self.session_factory, self.read_only_factory = _factories(base, connection)
+        sync.info[_INFO_KEY] = self
 
     @classmethod
-    async def open(cls, base: DatabaseManager, *, lock_timeout: float = 10.0) -> Sandbox:
-        """Check out a connection of *base* and begin the test's transaction on it.
+    async def open(
+        cls,
+        base: DatabaseManager,
+        *,
+        lock_timeout: float = 10.0,
+        connection: AsyncConnection | None = None,
+    ) -> Sandbox:
+        """Begin the test's transaction on a connection of *base*.
 
+        *connection*: one the caller keeps from test to test (it is rolled back, not
+        closed, by :meth:`close`); default: one checked out now and returned at close.
         *lock_timeout*: how long a task waits for the connection while another task's
         session holds it, before :class:`SandboxError`.
         """
-        connection = await base.engine.connect()
+        _install_hooks(base.engine.sync_engine)
+        keep = connection is not None
+        conn = connection if connection is not None else await base.engine.connect()
         try:
-            transaction = await connection.begin()
-            return cls(base, connection, transaction, lock_timeout=lock_timeout)
+            transaction = await conn.begin()
+            return cls(base, conn, transaction, lock_timeout=lock_timeout, keep_connection=keep)
         except BaseException:
-            await asyncio.shield(connection.close())
+            if not keep:
+                await asyncio.shield(conn.close())
             raise
 
     @property
@@ -158,14 +160,8 @@ class Sandbox:
             sync = self._connection.sync_connection
             if sync is not None:
                 sync.info.pop(_INFO_KEY, None)
-                for name, fn in (
-                    ("savepoint", self._on_savepoint),
-                    ("release_savepoint", self._on_savepoint_end),
-                    ("rollback_savepoint", self._on_savepoint_end),
-                    ("before_cursor_execute", self._guard),
-                ):
-                    event.remove(sync, name, fn)
-            await self._connection.close()
+            if not self._keep_connection:
+                await self._connection.close()
 
     # -- one session at a time on the shared connection ----------------------------------
 
@@ -233,6 +229,54 @@ class Sandbox:
                 f"database. Create the schema through dbkeel_metadata / dbkeel_alembic, or "
                 f"mark the test @pytest.mark.dbkeel(transaction=False)."
             )
+
+
+def _install_hooks(engine: Engine) -> None:
+    """Route *engine*'s savepoint and statement events to the sandbox of the connection
+    (once per engine; a connection outside a sandbox costs one dict lookup)."""
+    if event.contains(engine, "savepoint", _on_savepoint):
+        return
+    event.listen(engine, "savepoint", _on_savepoint)
+    event.listen(engine, "release_savepoint", _on_savepoint_end)
+    event.listen(engine, "rollback_savepoint", _on_savepoint_end)
+    event.listen(engine, "before_cursor_execute", _guard)
+
+
+def _on_savepoint(conn: Connection, name: str) -> None:
+    sandbox = conn.info.get(_INFO_KEY)
+    if sandbox is not None:
+        sandbox._on_savepoint(conn, name)
+
+
+def _on_savepoint_end(conn: Connection, name: str, context: Any) -> None:
+    sandbox = conn.info.get(_INFO_KEY)
+    if sandbox is not None:
+        sandbox._on_savepoint_end(conn, name, context)
+
+
+def _guard(conn: Connection, cursor: Any, statement: str, *args: Any) -> None:
+    sandbox = conn.info.get(_INFO_KEY)
+    if sandbox is not None:
+        sandbox._guard(conn, cursor, statement, *args)
+
+
+def _factories(
+    base: DatabaseManager, connection: AsyncConnection
+) -> tuple[AsyncSessionMaker[AsyncSession], AsyncSessionMaker[AsyncSession]]:
+    """The read-write and read-only session factories bound to *connection* (cached on
+    it: a connection kept from test to test builds them once)."""
+    sync = connection.sync_connection
+    assert sync is not None
+    cached = sync.info.get(_FACTORIES_KEY)
+    if cached is not None and cached[0] is connection and cached[1] is base:
+        return cached[2], cached[3]
+    factory = base.session_factory
+    kw = {**factory.kw, "bind": connection, "join_transaction_mode": "create_savepoint"}
+    read_write: AsyncSessionMaker[AsyncSession] = AsyncSessionMaker(class_=factory.class_, **kw)
+    kw["sync_session_class"] = _read_only_class(kw.get("sync_session_class") or Session)
+    read_only: AsyncSessionMaker[AsyncSession] = AsyncSessionMaker(class_=factory.class_, **kw)
+    sync.info[_FACTORIES_KEY] = (connection, base, read_write, read_only)
+    return read_write, read_only
 
 
 def _read_only_class(base: type[Session]) -> type[Session]:
