@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.dbkeel-installed
 
-.PHONY: install demo test lint typecheck pytest bench bench-smoke services clean
+.PHONY: install demo test lint typecheck pytest example-tests bench bench-smoke services clean
 
 $(STAMP): pyproject.toml
 	@if ! $(PYTHON) -m uv --version >/dev/null 2>&1; then $(PYTHON) -m pip install -q uv; fi
@@ -26,6 +26,14 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP) services
 	$(BIN)/pytest
+	$(MAKE) --no-print-directory example-tests
+
+# The example app's own tests, written on dbkeel's pytest plugin, on each database (the
+# plugin creates <name>_test and drops it; the app's database is never touched).
+example-tests: $(STAMP) services
+	cd examples/notes && DATABASE_URL=postgresql+asyncpg://postgres@127.0.0.1:5432/dbkeel_notes ../../$(BIN)/pytest -q
+	cd examples/notes && DATABASE_URL=mysql+asyncmy://root@127.0.0.1:3306/dbkeel_notes ../../$(BIN)/pytest -q
+	cd examples/notes && DATABASE_URL=sqlite+aiosqlite:///$(CURDIR)/examples/notes/notes.sqlite3 ../../$(BIN)/pytest -q
 
 test: lint typecheck pytest bench-smoke
 

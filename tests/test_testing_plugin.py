@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import shutil
+import socket
 from pathlib import Path
 
 import aiosqlite  # noqa: F401
@@ -27,8 +28,8 @@ from tests import conftest
 # The drivers are imported above, before any test: pytester removes the modules a test
 # imported when it ends, and a C extension imported a second time (asyncpg) crashes.
 SAMPLE = Path(__file__).parent / "plugin_sample"
-# the sample suite: 14 tests, one of which fails on purpose
-PASSED, FAILED = 13, 1
+# the sample suite: 16 tests, one of which fails on purpose
+PASSED, FAILED = 15, 1
 
 
 @pytest.fixture
@@ -268,3 +269,19 @@ def test_the_plugin_is_inert_until_its_fixtures_are_used(pytester: pytest.Pytest
     result.assert_outcomes(passed=1)
     help_text = pytester.runpytest_subprocess("--help")
     help_text.stdout.fnmatch_lines(["*--dbkeel-url*"])
+
+
+def test_an_unreachable_server_is_named_without_its_password(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shutil.copytree(SAMPLE, pytester.path, dirs_exist_ok=True)
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("DATABASE_URL", f"postgresql+asyncpg://app:S3cretPw@127.0.0.1:{port}/shop")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "tests/test_web.py")
+    result.assert_outcomes(errors=2)
+    result.stdout.fnmatch_lines(
+        [f"*cannot reach the postgresql server at 127.0.0.1:{port} to create the test database*"]
+    )
+    assert "S3cretPw" not in result.stdout.str() + result.stderr.str()

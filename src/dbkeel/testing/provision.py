@@ -20,15 +20,19 @@ Example::
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import MetaData, text
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from dbkeel.exceptions import ConfigurationError
+from dbkeel._masking import scrub_secrets
+from dbkeel.exceptions import ConfigurationError, DatabaseUnavailableError
 from dbkeel.settings import DatabaseSettings
 
 __all__ = [
@@ -81,6 +85,26 @@ def _quote(conn: AsyncConnection, name: str) -> str:
     return conn.dialect.identifier_preparer.quote_identifier(name)
 
 
+@asynccontextmanager
+async def _reach(engine: AsyncEngine, url: URL) -> AsyncIterator[AsyncConnection]:
+    """*engine*'s connection, or DatabaseUnavailableError naming the server."""
+    try:
+        conn = await engine.connect()
+    except (OSError, DBAPIError) as exc:
+        port = url.port or "default port"
+        where = f"{url.get_backend_name()} server at {url.host or 'localhost'}:{port}"
+        detail = scrub_secrets(f"{type(exc).__name__}: {getattr(exc, 'orig', None) or exc}", [url])
+        raise DatabaseUnavailableError(
+            f"dbkeel's pytest plugin cannot reach the {where} to create the test "
+            f"database {url.database!r} ({detail[:300]}). Start the server, or point "
+            f"DATABASE_URL / dbkeel_url / --dbkeel-url at one that runs."
+        ) from None
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
 async def _mark_of(conn: AsyncConnection, name: str) -> str | None:
     """The comment on database *name* ('' when it has none); None if it does not exist."""
     if conn.dialect.name == "postgresql":
@@ -118,7 +142,7 @@ async def create_database(url: URL, *, allow_existing: bool = False) -> bool:
     name = url.database or ""
     engine = _admin_engine(url)
     try:
-        async with engine.connect() as conn:
+        async with _reach(engine, url) as conn:
             mark = await _mark_of(conn, name)
             if mark is not None and mark != MARK:
                 if allow_existing:

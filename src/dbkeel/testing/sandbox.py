@@ -188,9 +188,10 @@ class Sandbox:
             ) from None
 
     def _on_savepoint_end(self, conn: Connection, name: str, context: Any) -> None:
-        if self._owner is None or self._owner is not asyncio.current_task():
-            if self._depth:
-                self._depth -= 1
+        # Not checked against the owner task: get_session() rolls back in a shielded
+        # helper task. While the lock is held, every SAVEPOINT on the connection is the
+        # holder's (a waiting task has not emitted its own yet).
+        if self._depth == 0:
             return
         self._depth -= 1
         if self._depth < self._read_only_at:

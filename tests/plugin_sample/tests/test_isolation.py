@@ -70,3 +70,20 @@ async def test_a_session_held_across_another_task_is_reported(dbkeel_db, dbkeel_
     await dbkeel_session.flush()  # this test's session now holds the connection
     with pytest.raises(SandboxError, match="still holds"):
         await asyncio.create_task(service.signup("ada@example.com"))
+
+
+async def test_a_failed_read_only_session_leaves_the_connection_writable(dbkeel_db):
+    # get_session() rolls back in a helper task: the sandbox must still see the end
+    with pytest.raises(LookupError):
+        async with dbkeel_db.get_session(read_only=True) as session:
+            await session.execute(text("SELECT 1"))
+            raise LookupError
+    await service.signup("ada@example.com")
+    assert await service.count_users() == 1
+
+
+async def test_other_tasks_get_the_connection_after_an_app_error(dbkeel_db):
+    with pytest.raises(RuntimeError):
+        await service.signup_then_fail("ada@example.com")
+    await asyncio.gather(*(service.slow_signup(f"u{i}@example.com") for i in range(3)))
+    assert await service.count_users() == 3
