@@ -28,8 +28,8 @@ from tests import conftest
 # The drivers are imported above, before any test: pytester removes the modules a test
 # imported when it ends, and a C extension imported a second time (asyncpg) crashes.
 SAMPLE = Path(__file__).parent / "plugin_sample"
-# the sample suite: 16 tests, one of which fails on purpose
-PASSED, FAILED = 15, 1
+# the sample suite: 17 tests, one of which fails on purpose
+PASSED, FAILED = 16, 1
 
 
 @pytest.fixture
@@ -285,3 +285,38 @@ def test_an_unreachable_server_is_named_without_its_password(
         [f"*cannot reach the postgresql server at 127.0.0.1:{port} to create the test database*"]
     )
     assert "S3cretPw" not in result.stdout.str() + result.stderr.str()
+
+
+ALEMBIC_ENV = """
+from dbkeel.migrations.env import run_migrations
+
+from app.models import Base
+
+run_migrations(Base.metadata)
+"""
+ALEMBIC_REVISION = """
+from alembic import op
+
+revision = "0001"
+down_revision = None
+
+
+def upgrade():
+    from app.models import Base
+
+    Base.metadata.create_all(op.get_bind())
+"""
+
+
+def test_the_schema_can_come_from_alembic(sample: Path, pytester: pytest.Pytester) -> None:
+    (sample / "alembic.ini").write_text("[alembic]\nscript_location = migrations\n")
+    (sample / "migrations" / "versions").mkdir(parents=True)
+    (sample / "migrations" / "env.py").write_text(ALEMBIC_ENV)
+    (sample / "migrations" / "versions" / "0001_initial.py").write_text(ALEMBIC_REVISION)
+    _set_ini(
+        sample,
+        'dbkeel_metadata = "app.models:Base.metadata"',
+        'dbkeel_alembic = "alembic.ini"',
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=PASSED, failed=FAILED)

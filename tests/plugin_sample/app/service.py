@@ -40,3 +40,10 @@ async def slow_signup(email: str) -> None:
         session.add(User(email=email))
         await session.flush()
         await asyncio.sleep(0.01)  # other tasks run meanwhile
+
+
+async def note_counts() -> dict[str, int]:
+    """An N+1: one lazy load of notes per user (the fix: selectinload(User.notes))."""
+    async with db.get_session(read_only=True) as session:
+        users = (await session.scalars(select(User))).all()
+        return {u.email: len(await u.awaitable_attrs.notes) for u in users}

@@ -7,7 +7,7 @@ from app import service
 from app.models import User
 from sqlalchemy import func, select, text
 
-from dbkeel import ReadOnlyTransactionError, SandboxError
+from dbkeel import NPlusOneError, ReadOnlyTransactionError, SandboxError
 
 pytestmark = pytest.mark.asyncio  # also runs in pytest-asyncio's strict mode
 
@@ -87,3 +87,11 @@ async def test_other_tasks_get_the_connection_after_an_app_error(dbkeel_db):
         await service.signup_then_fail("ada@example.com")
     await asyncio.gather(*(service.slow_signup(f"u{i}@example.com") for i in range(3)))
     assert await service.count_users() == 3
+
+
+async def test_an_n_plus_one_fails_the_test(dbkeel_db):
+    # DATABASE_NPLUSONE defaults to raise under the plugin
+    for i in range(12):
+        await service.signup(f"u{i}@example.com")
+    with pytest.raises(NPlusOneError, match="selectinload"):
+        await service.note_counts()
