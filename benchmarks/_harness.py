@@ -41,7 +41,9 @@ class Row:
     median_s: float
     ops: int
     ops_per_s: float
-    ratio: float  # median time / baseline median time (lower is faster)
+    ratio: float  # median over rounds of time / baseline time in that round (lower: faster)
+    ratio_low: float  # first quartile of the per-round ratios (min with < 4 rounds)
+    ratio_high: float  # third quartile (max with < 4 rounds)
 
 
 async def compare(
@@ -56,6 +58,11 @@ async def compare(
     """Run each candidate *rounds* times, alternating, and report medians and ratios.
 
     A candidate does a fixed amount of work and returns the number of operations it did.
+    The ratio is the median of per-round ratios: each round times every candidate back
+    to back, so a burst of load from another process slows the pair it lands on, not
+    one side of a ratio of medians taken minutes apart. The quartiles of the per-round
+    ratios are shown next to it: a spread wider than the gap to the goal means the run
+    cannot tell.
     """
     if SMOKE:
         rounds, warmup = 1, 0
@@ -72,17 +79,23 @@ async def compare(
             start = time.perf_counter()
             ops[name] = await candidates[name]()
             times[name].append(time.perf_counter() - start)
-    base = statistics.median(times[baseline])
-    rows = [
-        Row(
-            name=name,
-            median_s=statistics.median(times[name]),
-            ops=ops[name],
-            ops_per_s=ops[name] / statistics.median(times[name]),
-            ratio=statistics.median(times[name]) / base,
+    rows = []
+    for name in names:
+        ratios = sorted(t / b for t, b in zip(times[name], times[baseline], strict=True))
+        low, high = ratios[0], ratios[-1]
+        if len(ratios) >= 4:
+            low, _, high = statistics.quantiles(ratios, n=4)
+        rows.append(
+            Row(
+                name=name,
+                median_s=statistics.median(times[name]),
+                ops=ops[name],
+                ops_per_s=ops[name] / statistics.median(times[name]),
+                ratio=statistics.median(ratios),
+                ratio_low=low,
+                ratio_high=high,
+            )
         )
-        for name in names
-    ]
     report(title, rows, baseline=baseline, goal=goal)
     return rows
 
@@ -93,9 +106,14 @@ def report(title: str, rows: list[Row], *, baseline: str, goal: str = "") -> Non
     table.add_column("median", justify="right")
     table.add_column("ops/s", justify="right")
     table.add_column(f"time ratio vs {baseline}", justify="right")
+    table.add_column("ratio quartiles", justify="right")
     for row in rows:
         table.add_row(
-            row.name, f"{row.median_s * 1000:.1f} ms", f"{row.ops_per_s:,.0f}", f"{row.ratio:.3f}"
+            row.name,
+            f"{row.median_s * 1000:.1f} ms",
+            f"{row.ops_per_s:,.0f}",
+            f"{row.ratio:.3f}",
+            f"{row.ratio_low:.3f}-{row.ratio_high:.3f}",
         )
     console.print(table)
     RESULTS.mkdir(exist_ok=True)
