@@ -558,8 +558,8 @@ class _SessionScope:
             await _shielded_cleanup(session, rollback=True)
             raise
         if session.in_transaction():
-            # An after_commit hook began new work: it holds a connection, so close in a
-            # shielded task as after an error.
+            # A hook began new work once COMMIT was done (after_transaction_end): it
+            # holds a connection, so close in a shielded task as after an error.
             await _shielded_cleanup(session, rollback=False)
         else:
             # Committed: the session holds no connection any more, so close() does no I/O
