@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import os
 import statistics
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import asyncpg
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy.engine import make_url
 
 console = Console()
 RESULTS = Path(__file__).parent / "results"
@@ -22,6 +26,45 @@ PG_URL = os.environ.get(
 MARIADB_URL = os.environ.get("DBKEEL_TEST_MARIADB_URL", "mysql+asyncmy://root@127.0.0.1:3306/test")
 
 Candidate = Callable[[], Awaitable[int]]
+
+
+@contextmanager
+def own_database() -> Iterator[str]:
+    """A PostgreSQL database of this run's own (``<database>_bench_<pid>``), as PG_URL.
+
+    The benchmarks drop and create fixed table names: two runs sharing the ``test``
+    database (another checkout's ``make bench-smoke``, a CI job) dropped each other's
+    tables mid-run. The URL is also put in the environment, for the processes a benchmark
+    starts (uvicorn, the memory probe). Dropped at the end.
+    """
+    global PG_URL
+    base = PG_URL
+    name = f"{make_url(base).database}_bench_{os.getpid()}"
+    own = make_url(base).set(database=name).render_as_string(hide_password=False)
+    asyncio.run(_server_command(base, f'CREATE DATABASE "{name}"'))
+    PG_URL = own
+    os.environ["DBKEEL_TEST_POSTGRES_URL"] = own
+    try:
+        yield own
+    finally:
+        PG_URL = base
+        asyncio.run(_server_command(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def _server_command(url: str, sql: str) -> None:
+    parsed = make_url(url)
+    conn = await asyncpg.connect(
+        host=parsed.host,
+        port=parsed.port,
+        user=parsed.username,
+        password=parsed.password,
+        database=parsed.database,
+    )
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
 
 #: ``make bench-smoke`` (DBKEEL_BENCH_SMOKE=1): every benchmark once, at tiny sizes, so that
 #: CI notices a benchmark that no longer runs. Its figures mean nothing.
