@@ -1,4 +1,5 @@
-"""``python -m benchmarks [name ...]``: run the named benchmarks (default: all)."""
+"""``python -m benchmarks [name ...]``: run the named benchmarks (default: all), in a
+PostgreSQL database of their own (see ``_harness.own_database``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import importlib
 import pkgutil
 import sys
 from pathlib import Path
+
+from benchmarks import _harness
 
 
 def main() -> None:
@@ -20,9 +23,11 @@ def main() -> None:
     unknown = set(wanted) - set(available)
     if unknown:
         raise SystemExit(f"unknown benchmark(s) {sorted(unknown)}; available: {available}")
-    for name in wanted:
-        module = importlib.import_module(f"benchmarks.bench_{name}")
-        asyncio.run(module.main())
+    # before the benchmark modules are imported: they read PG_URL then
+    with _harness.own_database():
+        for bench in wanted:
+            module = importlib.import_module(f"benchmarks.bench_{bench}")
+            asyncio.run(module.main())
 
 
 main()

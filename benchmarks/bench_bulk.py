@@ -10,8 +10,11 @@ work per row: a new uuid7, the JSON text, the ciphertext, the UTC timestamp.
 Goals: dbkeel copy >= 0.8x the raw COPY throughput and >= 2.5x plain ``insert(Model)``
 with a list; peak memory for 1M streamed rows within 200 MB of baseline.
 
-Sizes: DBKEEL_BENCH_BULK_ROWS (default "100000,1000000"); every candidate runs at every
-size (``session.add_all`` of 1M rows takes a few minutes).
+Goal of issue 17: dbkeel's insert path >= 1.0x plain ``insert(Model)``'s throughput.
+
+Sizes: DBKEEL_BENCH_BULK_ROWS (default "100000,1000000"). ``session.add_all`` runs at
+100,000 rows at most: it is the slow reference, not a goal, and at 1M rows its ORM
+objects took several minutes and gigabytes on their own, most of ``make bench``.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from dbkeel.encryption import KeyRing, generate_key
 from dbkeel.mixins import TimestampMixin
 from dbkeel.types import JSONBType, UTCDateTime, UUIDType, uuid7
 
+ADD_ALL_MAX_ROWS = 100_000
 _KEY_ID, _KEY = generate_key("bench")
 RING = KeyRing.parse(f"{_KEY_ID}:{_KEY}")
 
@@ -175,14 +179,16 @@ async def main() -> None:
                     session.add_all([Event(**r) for r in rows(n)])
                 return n
 
-            return {
+            chosen = {
                 "raw asyncpg COPY": raw_copy,
                 "raw asyncpg COPY, streamed": raw_copy_streamed,
                 "dbkeel copy": dbkeel_copy,
                 "plain insert(Model) list": plain_insert,
                 "dbkeel insert": dbkeel_insert,
-                "session.add_all": add_all,
             }
+            if n <= ADD_ALL_MAX_ROWS:
+                chosen["session.add_all"] = add_all
+            return chosen
 
         for n in sizes:
             big = n > 100_000
@@ -209,7 +215,7 @@ def _summary(result: list[Row]) -> None:
         f"dbkeel copy: {copy / floor:.2f}x the faster raw COPY's throughput (goal >= "
         f"0.8), {copy / speed['plain insert(Model) list']:.2f}x plain insert(Model) (goal >= "
         f"2.5); dbkeel insert: {speed['dbkeel insert'] / speed['plain insert(Model) list']:.2f}x"
-        f" plain insert(Model)"
+        f" plain insert(Model) (goal >= 1.0)"
     )
 
 

@@ -231,6 +231,33 @@ async def test_insert_path_reads_back_like_session_add(tables: DatabaseManager) 
     assert _snapshot(await _all(db)) == added
 
 
+async def test_insert_path_writes_attributes_whose_column_name_differs(
+    db: DatabaseManager, create_tables: CreateTables
+) -> None:
+    # The insert path sends plain models through Core insert(table), keyed by Column.key;
+    # an attribute mapped to another column name must still land in its column.
+    class RenamedBase(DeclarativeBase):
+        metadata = MetaData()
+
+    class Renamed(RenamedBase):
+        __tablename__ = "bulk_renamed"
+
+        id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+        label: Mapped[str] = mapped_column("label_text", String(20))
+
+    await create_tables(db, RenamedBase.metadata)
+    async with db.get_session() as session:
+        count = await bulk_insert(
+            session, Renamed, [{"id": 1, "label": "a"}, {"id": 2, "label": "b"}], method="insert"
+        )
+    assert count == 2
+    async with db.get_session() as session:
+        stored = (await session.execute(text("SELECT id, label_text FROM bulk_renamed"))).all()
+        labels = list(await session.scalars(select(Renamed.label).order_by(Renamed.id)))
+    assert sorted(tuple(r) for r in stored) == [(1, "a"), (2, "b")]
+    assert labels == ["a", "b"]
+
+
 async def test_auto_uses_copy_on_postgresql_and_insert_elsewhere(
     tables: DatabaseManager, backend: str
 ) -> None:

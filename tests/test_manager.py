@@ -11,8 +11,8 @@ from contextlib import asynccontextmanager
 
 import pytest
 import sqlalchemy.exc
-from sqlalchemy import Integer, String, func, select, text
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy import Integer, String, event, func, select, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, SessionTransaction, mapped_column
 
 from dbkeel import (
     ConfigurationError,
@@ -137,6 +137,31 @@ async def test_get_session_always_returns_its_connection(
             async with db.get_session() as session:
                 await session.execute(text("SELECT 1"))
                 raise Boom
+        assert pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+async def test_get_session_returns_a_connection_taken_by_a_hook_after_commit(
+    backend: str, test_databases: object, db_url: str
+) -> None:
+    # A committed session is closed without the shielded task only when it holds no
+    # transaction; a hook that starts new work once COMMIT is done (after_transaction_end
+    # may emit SQL, after_commit may not) must still give its connection back.
+    settings = make_settings(db_url, environment="production", pool_size=2, max_overflow=0)
+    async with DatabaseManager(settings) as db:
+        pool = db.engine.pool
+        ran: list[int] = []
+
+        def after_end(sync_session: Session, transaction: SessionTransaction) -> None:
+            if transaction.parent is None:  # the outermost transaction: COMMIT is done
+                ran.append(sync_session.connection().execute(text("SELECT 1")).scalar_one())
+
+        async with db.get_session() as session:
+            await session.execute(text("SELECT 1"))
+            event.listen(session.sync_session, "after_transaction_end", after_end, once=True)
+        assert ran == [1]
+        assert pool.checkedout() == 0  # type: ignore[attr-defined]
+        async with db.get_session() as session:
+            assert await session.scalar(text("SELECT 2")) == 2
         assert pool.checkedout() == 0  # type: ignore[attr-defined]
 
 

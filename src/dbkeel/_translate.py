@@ -7,8 +7,6 @@ given failure is reported the same way whichever path it took.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy.exc
@@ -26,6 +24,9 @@ from dbkeel.exceptions import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from types import TracebackType
+
     from sqlalchemy.engine import Dialect
     from sqlalchemy.ext.asyncio import AsyncSession
     from sqlalchemy.pool import Pool
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from dbkeel.settings import DatabaseSettings
 
 __all__ = [
+    "ErrorTranslation",
     "commit",
     "concurrent_update_error",
     "driver_error",
@@ -48,13 +50,12 @@ __all__ = [
 _STALE_TABLE = re.compile(r"on table '([^']+)'")
 
 
-@contextmanager
 def translate_errors(
     pool: Pool | None = None,
     *,
     pool_timeout: float = 0.0,
     settings: DatabaseSettings | None = None,
-) -> Iterator[None]:
+) -> ErrorTranslation:
     """Re-raise database failures as dbkeel errors; everything else passes unchanged.
 
     - a pool timeout -> :class:`PoolExhaustedError`;
@@ -68,31 +69,69 @@ def translate_errors(
 
     ``CancelledError`` and the ``TimeoutError`` of the caller's own ``asyncio.timeout()``
     are never touched. The original is ``__cause__``, except for a refused value. Costs
-    nothing unless an exception passes through.
+    nothing unless an exception passes through. Example::
+
+        with translate_errors(engine.pool, pool_timeout=30.0, settings=settings):
+            await session.execute(statement)
     """
-    try:
-        yield
-    except sqlalchemy.exc.TimeoutError as exc:
-        if isinstance(exc, DbkeelError):
-            raise
-        raise _pool_exhausted(pool, pool_timeout) from exc
-    except sqlalchemy.exc.StatementError as exc:
-        if isinstance(exc.orig, InvalidValueError):
-            # from None: the StatementError's text lists every bound parameter of the
-            # statement (other columns' values, tokens...), which must not reach a log.
-            raise exc.orig from None
-        translated = read_only_error(exc) or _translate_database_error(exc, settings)
-        if translated is not None:
-            raise translated from exc
-        raise
-    except StaleDataError as exc:
-        raise concurrent_update_error(exc) from exc
-    except (TimeoutError, OSError) as exc:  # ConnectionError is an OSError
-        if isinstance(exc, DbkeelError) or not _raised_by_database_code(exc):
-            raise
-        if isinstance(exc, TimeoutError) and not _while_connecting(exc):
-            raise _client_timeout(settings) from exc
-        raise _connection_lost(exc, settings) from exc
+    return ErrorTranslation(pool, pool_timeout, settings)
+
+
+class ErrorTranslation:
+    """The context manager of :func:`translate_errors`.
+
+    A class rather than a ``@contextmanager`` generator: it wraps every
+    ``get_session()``, and entering it must cost no generator frame (request-path goal
+    of issue 17). :meth:`raise_translated` serves callers that hold the exception already
+    (``get_session()``'s ``__aexit__``).
+    """
+
+    __slots__ = ("pool", "pool_timeout", "settings")
+
+    def __init__(
+        self, pool: Pool | None, pool_timeout: float, settings: DatabaseSettings | None
+    ) -> None:
+        self.pool = pool
+        self.pool_timeout = pool_timeout
+        self.settings = settings
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is not None:
+            self.raise_translated(exc)
+
+    def raise_translated(self, exc: BaseException) -> None:
+        """Raise the dbkeel error for *exc*; return if *exc* is to pass unchanged."""
+        # The order of the checks matters: PoolExhaustedError is a sqlalchemy TimeoutError
+        # and StatementTimeoutError a builtin one.
+        if isinstance(exc, sqlalchemy.exc.TimeoutError):
+            if isinstance(exc, DbkeelError):
+                return
+            raise _pool_exhausted(self.pool, self.pool_timeout) from exc
+        if isinstance(exc, sqlalchemy.exc.StatementError):
+            if isinstance(exc.orig, InvalidValueError):
+                # from None: the StatementError's text lists every bound parameter of the
+                # statement (other columns' values, tokens...), which must not reach a log.
+                raise exc.orig from None
+            translated = read_only_error(exc) or _translate_database_error(exc, self.settings)
+            if translated is not None:
+                raise translated from exc
+            return
+        if isinstance(exc, StaleDataError):
+            raise concurrent_update_error(exc) from exc
+        if isinstance(exc, (TimeoutError, OSError)):  # ConnectionError is an OSError
+            if isinstance(exc, DbkeelError) or not _raised_by_database_code(exc):
+                return
+            if isinstance(exc, TimeoutError) and not _while_connecting(exc):
+                raise _client_timeout(self.settings) from exc
+            raise _connection_lost(exc, self.settings) from exc
 
 
 async def commit(session: AsyncSession, settings: DatabaseSettings | None = None) -> None:

@@ -15,8 +15,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from contextlib import AbstractContextManager, asynccontextmanager
+from collections.abc import Awaitable, Callable, Coroutine
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 
 from sqlalchemy import MetaData, text
@@ -298,10 +298,9 @@ class DatabaseManager:
             raise self._not_ready("session_factory")
         return self._session_factory
 
-    @asynccontextmanager
-    async def get_session(
+    def get_session(
         self, *, read_only: bool = False, after: str | None = None
-    ) -> AsyncIterator[AsyncSession]:
+    ) -> AbstractAsyncContextManager[AsyncSession]:
         """A session in a transaction: committed on success, rolled back on any error.
 
         ``read_only=True``: a read-only transaction (``SET TRANSACTION READ ONLY``) on a
@@ -323,21 +322,7 @@ class DatabaseManager:
             async with db.get_session() as session:
                 session.add(order)
         """
-        session = await self._read_session(after) if read_only else self.session_factory()
-        engine = self.engine
-        try:
-            settings = self.settings
-            with translate_errors(
-                engine.pool, pool_timeout=settings.pool_timeout, settings=settings
-            ):
-                yield session
-                await commit(session, settings)
-        except BaseException:
-            # BaseException: CancelledError must roll back and release the connection too.
-            await _shielded_cleanup(session, rollback=True)
-            raise
-        else:
-            await _shielded_cleanup(session, rollback=False)
+        return _SessionScope(self, read_only, after)
 
     async def _read_session(self, after: str | None) -> AsyncSession:
         if self._router is not None:
@@ -558,6 +543,69 @@ def _unavailable(
 async def _shielded(work: Coroutine[Any, Any, None]) -> None:
     """Run *work* to completion even if the caller is cancelled meanwhile."""
     await asyncio.shield(asyncio.ensure_future(work))
+
+
+class _SessionScope:
+    """What ``get_session()`` returns: the session, committed or rolled back on exit.
+
+    A class, not an ``@asynccontextmanager`` generator: an async generator per request
+    costs its frame, the event loop's async-generator bookkeeping (a WeakSet entry) and
+    ``contextlib``'s wrapper, about 1% of a one-row request (issue 17's request-path goal).
+    """
+
+    __slots__ = ("_after", "_errors", "_manager", "_read_only", "_session", "_settings")
+
+    def __init__(self, manager: DatabaseManager, read_only: bool, after: str | None) -> None:
+        self._manager = manager
+        self._read_only = read_only
+        self._after = after
+
+    async def __aenter__(self) -> AsyncSession:
+        manager = self._manager
+        if self._read_only:
+            session = await manager._read_session(self._after)
+        else:
+            session = manager.session_factory()
+        engine = manager.engine
+        settings = self._settings = manager.settings
+        self._errors = translate_errors(
+            engine.pool, pool_timeout=settings.pool_timeout, settings=settings
+        )
+        self._session = session
+        return session
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        session = self._session
+        if exc is not None:
+            try:
+                self._errors.raise_translated(exc)  # the dbkeel error for exc, if any
+            finally:
+                # Whatever was raised (CancelledError too) must roll back and release the
+                # connection.
+                await _shielded_cleanup(session, rollback=True)
+            return  # exc itself propagates
+        try:
+            with self._errors:
+                await commit(session, self._settings)
+        except BaseException:
+            # BaseException: a cancelled COMMIT must roll back and release the connection.
+            await _shielded_cleanup(session, rollback=True)
+            raise
+        if session.in_transaction():
+            # A hook began new work once COMMIT was done (after_transaction_end): it
+            # holds a connection, so close in a shielded task as after an error.
+            await _shielded_cleanup(session, rollback=False)
+        else:
+            # Committed: the session holds no connection any more, so close() does no I/O
+            # and never suspends; a cancellation cannot land in it and nothing can leak.
+            # No task needed (the shielded task of the error path costs more than the
+            # close itself).
+            await session.close()
 
 
 async def _shielded_cleanup(session: AsyncSession, *, rollback: bool) -> None:

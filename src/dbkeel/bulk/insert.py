@@ -6,6 +6,12 @@ it when the rows share one key set, so a refused value stops the batch unsent; o
 are the batch's values checked one by one, to name the row and column. A second pass on
 every row would cost as much as the processing itself (encryption, JSON). Rows with
 mixed key sets are checked first (see ``RowPlan.check_values_if_split``).
+
+Rows of a model without inheritance whose key sets agree (the usual case) go to a Core
+``insert(table)``: :mod:`dbkeel.bulk.prepare` has already done what the ORM's bulk INSERT
+adds on top of Core (Python defaults, the version counter), and skipping its per-row
+collection and dict copy makes the path faster than plain ``insert(Model)`` (issue 17).
+Returned keys, inheritance and mixed key sets keep ``insert(Model)``.
 """
 
 from __future__ import annotations
@@ -38,6 +44,13 @@ class InsertWriter:
             statement = statement.returning(*pk, sort_by_parameter_order=True)
         self.statement = statement
         self.keys: list[Any] = []
+        mapper = plan.mapper
+        # Core needs one table and no discriminator to fill: plain models only.
+        self._core: Executable | None = None
+        if not returning and mapper.inherits is None and mapper.polymorphic_on is None:
+            self._core = insert(plan.table)
+        # attribute name -> Column.key, where they differ (mapped_column("other_name"))
+        self._renamed = {p.key: p.column.key for p in plan.columns if p.key != p.column.key}
 
     async def write_all(self, session: AsyncSession, batches: Batches, progress: Progress) -> int:
         """INSERT every batch *batches* hands out; returns the row count."""
@@ -52,11 +65,22 @@ class InsertWriter:
         """INSERT *mappings*; their primary keys are appended to ``keys`` if asked for."""
         if not mappings:
             return 0
-        result = await execute_rows(session, self.plan, self.statement, mappings, start)
+        statement: Executable = self.statement
+        if self._core is not None and _one_key_set(mappings):
+            statement = self._core
+            if self._renamed:
+                renamed = self._renamed
+                mappings = [{renamed.get(k, k): v for k, v in row.items()} for row in mappings]
+        result = await execute_rows(session, self.plan, statement, mappings, start)
         if self.returning:
             single = len(self.plan.mapper.primary_key) == 1
             self.keys.extend(row[0] if single else tuple(row) for row in result)
         return len(mappings)
+
+
+def _one_key_set(mappings: list[dict[str, Any]]) -> bool:
+    keys = mappings[0].keys()
+    return all(row.keys() == keys for row in mappings)
 
 
 async def execute_rows(

@@ -156,6 +156,7 @@ class KeyRing:
         "_active_id",
         "_aead_active",
         "_aeads",
+        "_aeads_by_header",
         "_index_mac",
         "_open_errors",
     )
@@ -186,6 +187,9 @@ class KeyRing:
                 f"DATABASE_ENCRYPTION_KEYS."
             )
         self._active_id = active
+        # keyed by the whole envelope header (version, length, key id): opening a value
+        # then slices its header once, for this lookup and the associated data
+        self._aeads_by_header = {envelope.header(k): aead for k, aead in self._aeads.items()}
         self._active_header = envelope.header(active.encode("ascii"))
         self._aead_active = self._aeads[active.encode("ascii")]
         self._index_mac: Any = None
@@ -257,9 +261,9 @@ class KeyRing:
         # _failure() then works out which one it was.
         try:
             end = blob[1] + 2
-            aead = self._aeads[blob[2:end]]
-            plaintext: bytes = aead.decrypt(
-                blob[end : end + 12], blob[end + 12 :], blob[:end] + column
+            head = blob[:end]
+            plaintext: bytes = self._aeads_by_header[head].decrypt(
+                blob[end : end + 12], blob[end + 12 :], head + column
             )
         except self._open_errors:
             raise self._failure(blob, column) from None

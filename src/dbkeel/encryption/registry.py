@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 #: the dialect attribute that holds the engine's KeyRing
-RING_ATTRIBUTE = "_dbkeel_key_ring"
+RING_ATTRIBUTE = "_dbkeel_key_ring"  # read by name in EncryptedType.process_result_value
 
 # column -> "encrypted" | "blind_index"; weak, so dropped models do not linger
 _columns: weakref.WeakKeyDictionary[Column[Any], str] = weakref.WeakKeyDictionary()

@@ -1,0 +1,181 @@
+"""Instruction counts (valgrind callgrind) of the client side of three goals of issue 17.
+
+Wall-clock ratios on a shared 2-core machine swing by several percent from run to run;
+the instructions the client process executes for a fixed amount of work do not (within
+~0.5% for one task; with 8 concurrent tasks the event loop's batching varies more). Each
+side runs in its own process under callgrind, warmed up, and only the measured work is
+counted (``callgrind_control -i on/off``). The server's work is not counted: these
+figures say where the client's time goes, the benchmarks say what a user sees.
+
+    python -m benchmarks.instructions                 # every case
+    python -m benchmarks.instructions request_path    # one case
+
+Cases: ``request_path`` (600 requests of bench_request_path's mix, one task),
+``decrypt`` (3 x 10,000 values, dbkeel EncryptedType vs raw AES-GCM) and ``bulk_insert``
+(20,000 rows of bench_bulk's model, dbkeel insert path vs plain ``insert(Model)``).
+Needs valgrind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from benchmarks import _harness
+
+CASES: dict[str, tuple[str, str]] = {
+    "request_path": ("hand-written SQLAlchemy", "dbkeel get_session"),
+    "decrypt": ("raw AESGCM", "dbkeel EncryptedType"),
+    "bulk_insert": ("plain insert(Model) list", "dbkeel insert"),
+}
+
+
+def _instrument(state: str) -> None:
+    # Blocking on purpose: nothing else may run between the switch and the work.
+    subprocess.run(["callgrind_control", "-i", state, str(os.getpid())], capture_output=True)
+
+
+def _count(work: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+    async def counted() -> None:
+        await work()  # warm-up: caches, prepared statements, pool
+        _instrument("on")
+        await work()
+        _instrument("off")
+
+    return counted
+
+
+async def _request_path(side: int) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+    from benchmarks.bench_request_path import Base, Item
+    from dbkeel import DatabaseManager, DatabaseSettings
+
+    settings = DatabaseSettings(
+        database_url=_harness.PG_URL, environment="production", pool_size=1, max_overflow=0
+    )
+    async with DatabaseManager(settings) as db:
+        async with db.engine.begin() as conn:
+            await conn.run_sync(Base.metadata.drop_all)
+            await conn.run_sync(Base.metadata.create_all)
+            await conn.execute(
+                text(
+                    "INSERT INTO bench_request_items (id, name) "
+                    "SELECT g, 'item ' || g FROM generate_series(1, 1000) g"
+                )
+            )
+        plain = async_sessionmaker(db.engine, expire_on_commit=False, class_=AsyncSession)
+        next_id = iter(range(10_000, 10_000_000))
+
+        async def work() -> None:
+            for i in range(300):
+                if side == 0:
+                    async with plain() as session, session.begin():
+                        await session.get(Item, 1 + i % 1000)
+                    async with plain() as session, session.begin():
+                        session.add(Item(id=next(next_id), name="new"))
+                else:
+                    async with db.get_session() as session:
+                        await session.get(Item, 1 + i % 1000)
+                    async with db.get_session() as session:
+                        session.add(Item(id=next(next_id), name="new"))
+
+        await _count(work)()
+        async with db.engine.begin() as conn:
+            await conn.run_sync(Base.metadata.drop_all)
+
+
+async def _decrypt(side: int) -> None:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from sqlalchemy.dialects import postgresql
+
+    from benchmarks.bench_encryption import VALUES, _types
+    from dbkeel.encryption import KeyRing, generate_key, registry
+
+    key_id, key = generate_key("bench")
+    dialect = postgresql.asyncpg.dialect()  # type: ignore[attr-defined]
+    setattr(dialect, registry.RING_ATTRIBUTE, KeyRing.parse(f"{key_id}:{key}"))
+    raw = AESGCM(os.urandom(32))
+    ad = b"users.email"
+
+    def raw_decrypt(b: bytes, dialect: object) -> str:
+        return raw.decrypt(b[:12], b[12:], ad).decode()
+
+    type_: Any = _types()[1]["dbkeel EncryptedType"].c.secret.type
+    if side == 0:
+        nonces = [os.urandom(12) for _ in VALUES]
+        sealed = [n + raw.encrypt(n, v.encode(), ad) for n, v in zip(nonces, VALUES, strict=True)]
+        decrypt: Callable[[bytes, Any], str] = raw_decrypt
+    else:
+        sealed = [type_.process_bind_param(v, dialect) for v in VALUES]
+        decrypt = type_.process_result_value
+
+    async def work() -> None:
+        for _ in range(3):
+            for s in sealed:
+                decrypt(s, dialect)
+
+    await _count(work)()
+
+
+async def _bulk_insert(side: int) -> None:
+    from sqlalchemy import insert
+
+    from benchmarks.bench_bulk import Base, Event, _manager, rows
+    from dbkeel import bulk_insert
+
+    async with _manager() as db:
+        async with db.engine.begin() as conn:
+            await conn.run_sync(Base.metadata.drop_all)
+            await conn.run_sync(Base.metadata.create_all)
+
+        async def work() -> None:
+            async with db.get_session() as session:
+                if side == 0:
+                    await session.execute(insert(Event), list(rows(20_000)))
+                else:
+                    await bulk_insert(session, Event, rows(20_000), method="insert")
+
+        await _count(work)()
+        async with db.engine.begin() as conn:
+            await conn.run_sync(Base.metadata.drop_all)
+
+
+RUNNERS = {"request_path": _request_path, "decrypt": _decrypt, "bulk_insert": _bulk_insert}
+
+
+def _measure(case: str, side: int) -> int:
+    out = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--callgrind-out-file=/dev/null",
+         sys.executable, "-m", "benchmarks.instructions", "--side", case, str(side)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    found = re.search(r"Collected : (\d+)", out.stderr)
+    if found is None or int(found.group(1)) == 0:
+        raise SystemExit(f"callgrind counted nothing for {case} side {side}:\n{out.stderr}")
+    return int(found.group(1))
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["--side"]:
+        asyncio.run(RUNNERS[sys.argv[2]](int(sys.argv[3])))
+        return
+    wanted = sys.argv[1:] or list(CASES)
+    with _harness.own_database():
+        for case in wanted:
+            peer, ours = CASES[case]
+            counts = [_measure(case, side) for side in (0, 1)]
+            _harness.console.print(
+                f"{case}: {peer} {counts[0]:,} instructions, {ours} {counts[1]:,}: "
+                f"ratio {counts[1] / counts[0]:.3f}"
+            )
+
+
+if __name__ == "__main__":
+    main()
