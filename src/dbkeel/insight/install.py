@@ -32,7 +32,11 @@ def install_insight(
     event.listen(sync_engine, "before_cursor_execute", stats.before)
     event.listen(sync_engine, "after_cursor_execute", stats.after)
     if settings.query_comment:
-        tagger = CommentTagger(settings.app_name, sync_engine.dialect.paramstyle)
+        tagger = CommentTagger(
+            settings.app_name,
+            sync_engine.dialect.paramstyle,
+            traceparent=settings.query_comment_traceparent,
+        )
         event.listen(sync_engine, "before_cursor_execute", tagger.before, retval=True)
     if settings.query_spans:
         from dbkeel.insight.spans import StatementSpans
