@@ -288,6 +288,12 @@ class DatabaseSettings(BaseSettings):
         default=False,
         description="An OpenTelemetry span per statement (needs dbkeel[otel]).",
     )
+    query_transaction_spans: bool = _var(
+        "DATABASE_QUERY_TRANSACTION_SPANS",
+        default=False,
+        description="An OpenTelemetry span per transaction, parent of its statement spans "
+        "(needs dbkeel[otel]).",
+    )
 
     # -- read replicas (dbkeel.replicas; PostgreSQL, or MariaDB in window mode) ----------
     replica_urls: str | None = _var(

@@ -38,10 +38,14 @@ def install_insight(
             traceparent=settings.query_comment_traceparent,
         )
         event.listen(sync_engine, "before_cursor_execute", tagger.before, retval=True)
-    if settings.query_spans:
+    if settings.query_spans or settings.query_transaction_spans:
         from dbkeel.insight.spans import StatementSpans
 
-        StatementSpans(sync_engine).attach(sync_engine)
+        StatementSpans(
+            sync_engine,
+            statements=settings.query_spans,
+            transactions=settings.query_transaction_spans,
+        ).attach(sync_engine)
     mode = settings.effective_nplusone
     if mode == "off":
         return base
