@@ -2,29 +2,41 @@
 
 * request path with N+1 detection + per-request stats on vs off (goal <= 1.03);
 * the same with static sqlcommenter tags (goal <= 1.03);
+* the same with statement metrics (Prometheus collector registered; reported);
 * a span per statement, OpenTelemetry SDK with a no-op exporter (reported, no goal);
+* the traceparent tag under a request span, every request sampled and 10% sampled, against
+  static tags under the same request span (reported: each sampled request's statements
+  are prepared anew);
 * memory of one request's bookkeeping after 100k statements (bounded: it stays flat).
 
-``main(requests_per_task=...)`` sets the size (the smoke run uses a tiny one).
+The machine is shared and noisy: many short interleaved rounds, and besides the harness's
+ratio of medians, the median of per-round ratios (each candidate against the baseline of
+the same round) with its interquartile range.
+
+``main(requests_per_task=..., rounds=...)`` sets the size (the smoke run uses a tiny one).
 """
 
 from __future__ import annotations
 
 import asyncio
 import resource
+import statistics
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from prometheus_client import CollectorRegistry
 from rich.table import Table
 from sqlalchemy import Integer, String, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from benchmarks._harness import PG_URL, compare, console, scaled
+from benchmarks._harness import PG_URL, Candidate, compare, console, scaled
 from dbkeel import DatabaseManager, DatabaseSettings
-from dbkeel.insight import InsightContext, track
+from dbkeel.insight import InsightContext, statement_metrics, track
 
 TASKS = 8
 
@@ -51,22 +63,78 @@ def _settings(**insight: object) -> DatabaseSettings:
     )
 
 
-def _requests(db: DatabaseManager, per_task: int, tracked: bool) -> Callable[[], Awaitable[int]]:
+def _requests(
+    db: DatabaseManager, per_task: int, tracked: bool, tracer: trace.Tracer | None = None
+) -> Callable[[], Awaitable[int]]:
+    async def request(key: int) -> None:
+        if tracked:
+            with track("GET /items/{id}"):
+                async with db.get_session() as session:
+                    await session.get(Item, key)
+        else:
+            async with db.get_session() as session:
+                await session.get(Item, key)
+
     async def run() -> int:
         async def one_task(t: int) -> None:
             for i in range(per_task):
-                if tracked:
-                    with track("GET /items/{id}"):
-                        async with db.get_session() as session:
-                            await session.get(Item, 1 + (t * per_task + i) % 1000)
+                key = 1 + (t * per_task + i) % 1000
+                if tracer is None:
+                    await request(key)
                 else:
-                    async with db.get_session() as session:
-                        await session.get(Item, 1 + (t * per_task + i) % 1000)
+                    with tracer.start_as_current_span("GET /items/{id}"):
+                        await request(key)
 
         await asyncio.gather(*(one_task(t) for t in range(TASKS)))
         return TASKS * per_task
 
     return run
+
+
+def _timed(candidates: dict[str, Candidate]) -> tuple[dict[str, Candidate], dict[str, list[float]]]:
+    """*candidates* wrapped to keep each round's time, for per-round ratios."""
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+
+    def wrap(name: str, fn: Candidate) -> Candidate:
+        async def run() -> int:
+            start = time.perf_counter()
+            ops = await fn()
+            times[name].append(time.perf_counter() - start)
+            return ops
+
+        return run
+
+    return {name: wrap(name, fn) for name, fn in candidates.items()}, times
+
+
+def _paired(title: str, times: dict[str, list[float]], baseline: str, warmup: int) -> None:
+    """Median and interquartile range of per-round ratios against *baseline*."""
+    table = Table(title=f"{title}: per-round ratios vs {baseline}")
+    table.add_column("candidate")
+    table.add_column("median ratio", justify="right")
+    table.add_column("IQR", justify="right")
+    table.add_column("rounds", justify="right")
+    base = times[baseline][warmup:]
+    for name, series in times.items():
+        if name == baseline:
+            continue
+        ratios = [t / b for t, b in zip(series[warmup:], base, strict=True)]
+        if len(ratios) >= 4:
+            q1, _, q3 = statistics.quantiles(ratios, n=4)
+            spread = f"{q1:.3f}-{q3:.3f}"
+        else:
+            spread = "-"
+        table.add_row(name, f"{statistics.median(ratios):.3f}", spread, str(len(ratios)))
+    console.print(table)
+
+
+async def _compare_paired(
+    title: str, candidates: dict[str, Candidate], *, baseline: str, rounds: int, goal: str
+) -> None:
+    wrapped, times = _timed(candidates)
+    await compare(title, wrapped, baseline=baseline, rounds=rounds, warmup=1, goal=goal)
+    warmup = len(times[baseline]) - min(rounds, len(times[baseline]))
+    _paired(title, times, baseline, warmup)
 
 
 def _retained(ctx: InsightContext) -> int:
@@ -107,16 +175,28 @@ class _NoOpExporter(SpanExporter):
 
 
 async def main(
-    requests_per_task: int = scaled(300, 2), memory_statements: int = scaled(100_000, 1_000)
+    requests_per_task: int = scaled(100, 2),
+    memory_statements: int = scaled(100_000, 1_000),
+    rounds: int = scaled(41, 1),
 ) -> None:
+    exporter = BatchSpanProcessor(_NoOpExporter())
     provider = TracerProvider()
-    provider.add_span_processor(BatchSpanProcessor(_NoOpExporter()))
+    provider.add_span_processor(exporter)
     trace.set_tracer_provider(provider)
+    sampled = provider.get_tracer("bench")
+    tenth = TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.1)))
+    tenth.add_span_processor(BatchSpanProcessor(_NoOpExporter()))
+    one_in_ten = tenth.get_tracer("bench")
     off = DatabaseManager(_settings(nplusone="off"))
     on = DatabaseManager(_settings(nplusone="log"))
     tags = DatabaseManager(_settings(nplusone="log", query_comment=True))
+    measured = DatabaseManager(_settings(nplusone="log"))
     spans = DatabaseManager(_settings(nplusone="off", query_spans=True))
-    async with off, on, tags, spans:
+    traced = DatabaseManager(
+        _settings(nplusone="log", query_comment=True, query_comment_traceparent=True)
+    )
+    async with off, on, tags, measured, spans, traced:
+        statement_metrics(measured).register_prometheus(CollectorRegistry())
         async with off.engine.begin() as conn:
             await conn.run_sync(Base.metadata.drop_all)
             await conn.run_sync(Base.metadata.create_all)
@@ -126,17 +206,33 @@ async def main(
                     "SELECT g, 'item ' || g FROM generate_series(1, 1000) g"
                 )
             )
-        await compare(
+        n = requests_per_task
+        await _compare_paired(
             f"query insight on the request path, {TASKS} concurrent tasks, PostgreSQL",
             {
-                "insight off": _requests(off, requests_per_task, tracked=False),
-                "N+1 detection + stats": _requests(on, requests_per_task, tracked=True),
-                "+ static comment tags": _requests(tags, requests_per_task, tracked=True),
-                "spans (SDK, no-op exporter)": _requests(spans, requests_per_task, tracked=False),
+                "insight off": _requests(off, n, tracked=False),
+                "N+1 detection + stats": _requests(on, n, tracked=True),
+                "+ static comment tags": _requests(tags, n, tracked=True),
+                "+ statement metrics": _requests(measured, n, tracked=True),
+                "spans (SDK, no-op exporter)": _requests(spans, n, tracked=False),
             },
             baseline="insight off",
-            goal="goal: detection+stats and comment tags <= 1.03; spans reported",
+            rounds=rounds,
+            goal="goal: detection+stats and comment tags <= 1.03; metrics and spans reported",
+        )
+        await _compare_paired(
+            f"traceparent tag under a request span, {TASKS} concurrent tasks, PostgreSQL",
+            {
+                "static tags": _requests(tags, n, tracked=True, tracer=sampled),
+                "+ traceparent, all sampled": _requests(traced, n, tracked=True, tracer=sampled),
+                "+ traceparent, 10% sampled": _requests(traced, n, tracked=True, tracer=one_in_ten),
+            },
+            baseline="static tags",
+            rounds=rounds,
+            goal="reported: each sampled request prepares its statement anew",
         )
         async with off.engine.begin() as conn:
             await conn.run_sync(Base.metadata.drop_all)
+    provider.shutdown()
+    tenth.shutdown()
     await _memory(memory_statements)
