@@ -23,7 +23,9 @@ import resource
 import statistics
 import sys
 import time
+import timeit
 from collections.abc import Awaitable, Callable, Sequence
+from types import SimpleNamespace
 
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -36,7 +38,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from benchmarks._harness import PG_URL, Candidate, compare, console, scaled
 from dbkeel import DatabaseManager, DatabaseSettings
-from dbkeel.insight import InsightContext, statement_metrics, track
+from dbkeel.insight import InsightContext, NPlusOneDetector, statement_metrics, track
+from dbkeel.insight.comments import CommentTagger
+from dbkeel.insight.stats import StatsRecorder
 
 TASKS = 8
 
@@ -139,11 +143,58 @@ def _paired(title: str, times: Times, baseline: str, warmup: int) -> None:
 
 async def _compare_paired(
     title: str, candidates: dict[str, Candidate], *, baseline: str, rounds: int, goal: str
-) -> None:
+) -> float:
+    """Run the comparison; return the baseline's median process CPU seconds per round."""
     wrapped, times = _timed(candidates)
     await compare(title, wrapped, baseline=baseline, rounds=rounds, warmup=1, goal=goal)
     warmup = len(times[baseline]) - min(rounds, len(times[baseline]))
     _paired(title, times, baseline, warmup)
+    return statistics.median(cpu for _, cpu in times[baseline][warmup:])
+
+
+def _hook_cost(baseline_cpu_per_request: float) -> None:
+    """CPU time of insight's own hooks per request, timed in a tight loop (steady, unlike
+    the end-to-end runs), against the baseline's CPU time per request measured above.
+
+    One request of the benchmark = one track() block, one ORM execution (the N+1
+    detector's listener) and one statement (the stats listeners, the comment tagger).
+    The objects handed to the hooks stand in for SQLAlchemy's; the hooks are the real ones.
+    """
+    detector = NPlusOneDetector("log", 10)
+    stats = StatsRecorder()
+    tagger = CommentTagger("dbkeel-bench", "numeric_dollar")
+    state = SimpleNamespace(is_select=True, is_relationship_load=False, session=None)
+    cursor = SimpleNamespace(rowcount=-1)
+    statement = "SELECT bench_insight_items.id FROM bench_insight_items WHERE id = $1"
+
+    def request_hooks() -> None:
+        with track("GET /items/{id}"):
+            detector.on_execute(state)  # type: ignore[arg-type]
+            context = SimpleNamespace()
+            stats.before(None, cursor, statement, (), context, False)  # type: ignore[arg-type]
+            tagged, _ = tagger.before(None, cursor, statement, (), context, False)  # type: ignore[arg-type]
+            stats.after(None, cursor, tagged, (), context, False)  # type: ignore[arg-type]
+
+    def baseline_hooks() -> None:  # what "insight off" runs: the stats listeners' early exit
+        context = SimpleNamespace()
+        stats.before(None, cursor, statement, (), context, False)  # type: ignore[arg-type]
+        stats.after(None, cursor, statement, (), context, False)  # type: ignore[arg-type]
+
+    n = scaled(200_000, 1_000)
+    per_call = {}
+    for name, fn in (("insight on", request_hooks), ("insight off", baseline_hooks)):
+        per_call[name] = min(timeit.repeat(fn, number=n, repeat=5)) / n
+    added = per_call["insight on"] - per_call["insight off"]
+    table = Table(title="insight hooks per request (timeit, best of 5)")
+    table.add_column("detection + stats + static tags", justify="right")
+    table.add_column("baseline request CPU (PostgreSQL run)", justify="right")
+    table.add_column("estimated ratio", justify="right")
+    table.add_row(
+        f"{added * 1e6:.2f} µs",
+        f"{baseline_cpu_per_request * 1e6:.0f} µs",
+        f"{1 + added / baseline_cpu_per_request:.3f}",
+    )
+    console.print(table)
 
 
 def _retained(ctx: InsightContext) -> int:
@@ -216,7 +267,7 @@ async def main(
                 )
             )
         n = requests_per_task
-        await _compare_paired(
+        base_cpu = await _compare_paired(
             f"query insight on the request path, {TASKS} concurrent tasks, PostgreSQL",
             {
                 "insight off": _requests(off, n, tracked=False),
@@ -244,4 +295,5 @@ async def main(
             await conn.run_sync(Base.metadata.drop_all)
     provider.shutdown()
     tenth.shutdown()
+    _hook_cost(base_cpu / (TASKS * requests_per_task))
     await _memory(memory_statements)
