@@ -234,6 +234,77 @@ class _NoOpExporter(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
+async def _prepared_per_request(db: DatabaseManager, tracer: trace.Tracer) -> tuple[int, int]:
+    """(prepared statements, executions) on one connection for 2 sampled requests of 3
+    identical statements each, as PostgreSQL counts them (pg_prepared_statements)."""
+    probe = text("SELECT CAST(:v AS int) + 1 AS bench_insight_probe")
+    async with db.engine.connect() as conn:
+        for _ in range(2):
+            with tracer.start_as_current_span("GET /probe"):
+                for i in range(3):
+                    await conn.execute(probe, {"v": i})
+        rows = (
+            await conn.execute(
+                text(
+                    "SELECT generic_plans + custom_plans FROM pg_prepared_statements "
+                    "WHERE strpos(statement, CAST(:marker AS text)) > 0"
+                ),
+                {"marker": "bench_insight_probe"},
+            )
+        ).all()
+    return len(rows), sum(row[0] for row in rows)
+
+
+async def _upstream(
+    rounds: int, per_task: int, tracer: trace.Tracer, dbkeel_spans: DatabaseManager
+) -> None:
+    """opentelemetry-instrumentation-sqlalchemy beside dbkeel's spans and traceparent.
+
+    It declares SQLAlchemy < 2.1 and instruments nothing on 2.1 unless forced with
+    skip_dep_check=True (done here, to measure it). It also wraps Engine.connect for every
+    engine (a "connect" span per checkout), so it runs last and alone on its engine.
+    """
+    from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+
+    dbkeel_traced = DatabaseManager(
+        _settings(
+            nplusone="off", query_spans=True, query_comment=True, query_comment_traceparent=True
+        )
+    )
+    upstream = DatabaseManager(_settings(nplusone="off"))
+    async with dbkeel_traced, upstream:
+        instrumentor = SQLAlchemyInstrumentor()
+        instrumentor.instrument(
+            engine=upstream.engine.sync_engine, enable_commenter=True, skip_dep_check=True
+        )
+        try:
+            await _compare_paired(
+                f"statement spans under a sampled request span, {TASKS} tasks, PostgreSQL",
+                {
+                    "dbkeel spans": _requests(dbkeel_spans, per_task, False, tracer),
+                    "dbkeel spans + traceparent tag": _requests(
+                        dbkeel_traced, per_task, False, tracer
+                    ),
+                    "upstream spans + commenter (forced on 2.1)": _requests(
+                        upstream, per_task, False, tracer
+                    ),
+                },
+                baseline="dbkeel spans",
+                rounds=rounds,
+                goal="reported; upstream also opens a 'connect' span per checkout",
+            )
+            table = Table(title="2 sampled requests x 3 identical statements, one connection")
+            table.add_column("")
+            table.add_column("prepared statements", justify="right")
+            table.add_column("executions", justify="right")
+            for name, db in (("dbkeel traceparent", dbkeel_traced), ("upstream", upstream)):
+                prepared, executions = await _prepared_per_request(db, tracer)
+                table.add_row(name, str(prepared), str(executions))
+            console.print(table)
+        finally:
+            instrumentor.uninstrument()
+
+
 async def main(
     requests_per_task: int = scaled(40, 2),
     memory_statements: int = scaled(100_000, 1_000),
@@ -291,6 +362,7 @@ async def main(
             rounds=rounds,
             goal="reported: each sampled request prepares its statement anew",
         )
+        await _upstream(rounds, n, sampled, spans)
         async with off.engine.begin() as conn:
             await conn.run_sync(Base.metadata.drop_all)
     provider.shutdown()
