@@ -161,3 +161,16 @@ async def test_transaction_spans_alone_emit_no_statement_spans(
         async with manager.get_session() as session:
             await session.execute(text("SELECT 1"))
     assert [s.name for s in spans.get_finished_spans()] == ["transaction"]
+
+
+async def test_query_text_has_no_comment_tags(db_url: str, spans: InMemorySpanExporter) -> None:
+    settings = make_settings(db_url, query_spans=True, query_comment=True)
+    async with DatabaseManager(settings) as manager:
+        spans.clear()
+        for _ in range(2):  # the second execution comes from the span attributes' cache
+            async with manager.get_session() as session:
+                await session.execute(text("SELECT 42"))
+    texts = [dict(s.attributes or {})["db.query.text"] for s in spans.get_finished_spans()]
+    # SQLite's profile sends its own BEGIN, with the comment as well
+    assert [t for t in texts if t.startswith("SELECT")] == ["SELECT ?", "SELECT ?"]
+    assert not any("/*" in t for t in texts), texts

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = ["StatementSpans", "sanitize"]
 
 _SPAN = "_dbkeel_span"
+_MAX_SHAPES = 1000
 _TRANSACTION = "dbkeel_transaction_span"  # key in Connection.info while a transaction runs
 # Quoted strings and numbers; "$1"-style placeholders are kept.
 _LITERALS = re.compile(r"'(?:[^']|'')*'|(?<![\w$])\d+(?:\.\d+)?\b")
@@ -66,6 +67,9 @@ class StatementSpans:
         if url.port:
             base["server.port"] = url.port
         self._base = base
+        # statement text -> (span name, attributes): SQLAlchemy hands the same text for
+        # each execution of a cached statement, so parsing and sanitizing happen once.
+        self._shapes: dict[str, tuple[str, dict[str, Any]]] = {}
 
     def attach(self, engine: Engine) -> None:
         if self._statements:
@@ -118,6 +122,25 @@ class StatementSpans:
     ) -> None:
         if context is None:
             return
+        # The context's statement is the text before comment tags were appended: no
+        # comment in db.query.text, and one cache entry whatever the traceparent.
+        statement = context.statement
+        shape = self._shapes.get(statement)
+        if shape is None:
+            shape = self._shape(conn, statement, context)
+            if len(self._shapes) < _MAX_SHAPES:
+                self._shapes[statement] = shape
+        name, attributes = shape
+        transaction = conn.info.get(_TRANSACTION) if self._transactions else None
+        parent = None if transaction is None else self._trace.set_span_in_context(transaction)
+        span = self._tracer.start_span(
+            name, context=parent, kind=self._trace.SpanKind.CLIENT, attributes=attributes
+        )
+        setattr(context, _SPAN, span)
+
+    def _shape(
+        self, conn: Connection, statement: str, context: ExecutionContext
+    ) -> tuple[str, dict[str, Any]]:
         attributes = dict(self._base)
         system = self._system_of(conn)
         attributes["db.system.name"] = system
@@ -128,13 +151,7 @@ class StatementSpans:
         if table:
             attributes["db.collection.name"] = table
         attributes["db.query.text"] = sanitize(statement)
-        name = " ".join(p for p in (operation, table) if p) or system
-        transaction = conn.info.get(_TRANSACTION) if self._transactions else None
-        parent = None if transaction is None else self._trace.set_span_in_context(transaction)
-        span = self._tracer.start_span(
-            name, context=parent, kind=self._trace.SpanKind.CLIENT, attributes=attributes
-        )
-        setattr(context, _SPAN, span)
+        return " ".join(p for p in (operation, table) if p) or system, attributes
 
     def after(
         self,
