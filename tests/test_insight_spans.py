@@ -95,3 +95,82 @@ def test_sanitize_drops_literals() -> None:
     assert sanitize("SELECT * FROM t WHERE a = 'x''y' AND b = 42 AND c = $1") == (
         "SELECT * FROM t WHERE a = ? AND b = ? AND c = $1"
     )
+
+
+@pytest.fixture
+async def tdb(db_url: str, create_tables: CreateTables) -> AsyncIterator[DatabaseManager]:
+    settings = make_settings(db_url, query_spans=True, query_transaction_spans=True)
+    async with DatabaseManager(settings) as manager:
+        await create_tables(manager, Base.metadata)
+        yield manager
+
+
+async def test_a_transaction_span_holds_its_statements(
+    tdb: DatabaseManager, spans: InMemorySpanExporter, backend: str
+) -> None:
+    tracer = trace.get_tracer("test")
+    spans.clear()
+    with tracer.start_as_current_span("POST /widgets") as parent:
+        async with tdb.get_session() as session:
+            await session.execute(insert(Widget).values(id=1, name="a"))
+            await session.commit()
+            # a second transaction of the same session
+            await session.scalars(select(Widget))
+            await session.rollback()
+    finished = spans.get_finished_spans()
+    transactions = [s for s in finished if s.name == "transaction"]
+    assert [dict(s.attributes or {})["dbkeel.transaction.outcome"] for s in transactions] == [
+        "commit",
+        "rollback",
+    ]
+    request_id = parent.get_span_context().span_id
+    for span in transactions:
+        assert span.parent is not None
+        assert span.parent.span_id == request_id
+        system = {"postgresql": "postgresql", "sqlite": "sqlite", "mariadb": "mariadb"}[backend]
+        assert dict(span.attributes or {})["db.system.name"] == system
+    by_name = {s.name: s for s in finished}
+    insert_span, select_span = by_name["INSERT span_widgets"], by_name["SELECT span_widgets"]
+    assert insert_span.parent is not None
+    assert insert_span.parent.span_id == transactions[0].context.span_id
+    assert select_span.parent is not None
+    assert select_span.parent.span_id == transactions[1].context.span_id
+
+
+async def test_a_failed_transaction_span_ends_with_its_rollback(
+    tdb: DatabaseManager, spans: InMemorySpanExporter
+) -> None:
+    spans.clear()
+    with pytest.raises(DBAPIError):
+        async with tdb.get_session() as session:
+            await session.execute(text("SELECT * FROM no_such_table_for_spans"))
+    transactions = [s for s in spans.get_finished_spans() if s.name == "transaction"]
+    assert len(transactions) == 1
+    assert dict(transactions[0].attributes or {})["dbkeel.transaction.outcome"] == "rollback"
+    failed = [s for s in spans.get_finished_spans() if s.status.status_code is StatusCode.ERROR]
+    assert failed[0].parent is not None
+    assert failed[0].parent.span_id == transactions[0].context.span_id
+
+
+async def test_transaction_spans_alone_emit_no_statement_spans(
+    db_url: str, spans: InMemorySpanExporter
+) -> None:
+    settings = make_settings(db_url, query_transaction_spans=True)
+    async with DatabaseManager(settings) as manager:
+        spans.clear()
+        async with manager.get_session() as session:
+            await session.execute(text("SELECT 1"))
+    assert [s.name for s in spans.get_finished_spans()] == ["transaction"]
+
+
+async def test_query_text_has_no_comment_tags(db_url: str, spans: InMemorySpanExporter) -> None:
+    settings = make_settings(db_url, query_spans=True, query_comment=True)
+    async with DatabaseManager(settings) as manager:
+        spans.clear()
+        for _ in range(2):  # the second execution comes from the span attributes' cache
+            async with manager.get_session() as session:
+                await session.execute(text("SELECT 42"))
+    texts = [dict(s.attributes or {})["db.query.text"] for s in spans.get_finished_spans()]
+    # SQLite's profile sends its own BEGIN, with the comment as well
+    assert [t for t in texts if t.startswith("SELECT")] == ["SELECT ?", "SELECT ?"]
+    assert not any("/*" in t for t in texts), texts

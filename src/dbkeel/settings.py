@@ -277,10 +277,22 @@ class DatabaseSettings(BaseSettings):
         default=False,
         description="Append sqlcommenter tags (application, route) to every statement.",
     )
+    query_comment_traceparent: bool = _var(
+        "DATABASE_QUERY_COMMENT_TRACEPARENT",
+        default=False,
+        description="Add the W3C traceparent of the current sampled OpenTelemetry span to the "
+        "comment (a per-request text: prepared once per request; needs dbkeel[otel]).",
+    )
     query_spans: bool = _var(
         "DATABASE_QUERY_SPANS",
         default=False,
         description="An OpenTelemetry span per statement (needs dbkeel[otel]).",
+    )
+    query_transaction_spans: bool = _var(
+        "DATABASE_QUERY_TRANSACTION_SPANS",
+        default=False,
+        description="An OpenTelemetry span per transaction, parent of its statement spans "
+        "(needs dbkeel[otel]).",
     )
 
     # -- read replicas (dbkeel.replicas; PostgreSQL, or MariaDB in window mode) ----------
@@ -374,6 +386,15 @@ class DatabaseSettings(BaseSettings):
         )
         object.__setattr__(self, "replica_urls", urls)
         object.__setattr__(self, "read_your_writes", mode)
+        return self
+
+    @model_validator(mode="after")
+    def _check_comment(self) -> DatabaseSettings:
+        if self.query_comment_traceparent and not self.query_comment:
+            raise ValueError(
+                "DATABASE_QUERY_COMMENT_TRACEPARENT=true adds a tag to the SQL comment, but "
+                "DATABASE_QUERY_COMMENT is off: set DATABASE_QUERY_COMMENT=true as well."
+            )
         return self
 
     @model_validator(mode="after")

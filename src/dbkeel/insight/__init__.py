@@ -1,4 +1,5 @@
-"""Query insight: N+1 detection, per-context statement figures and SQL comment tags.
+"""Query insight: N+1 detection, per-context statement figures, SQL comment tags, statement
+metrics (Prometheus / OpenTelemetry) and spans.
 
 ``track()`` opens a context (what a web integration calls around each request; dbkeel
 has no FastAPI integration yet) and yields its figures; N+1 loads are detected within it,
@@ -22,14 +23,17 @@ from dbkeel.insight.context import (
     current_context,
     track,
 )
+from dbkeel.insight.metrics import StatementMetrics, statement_metrics
 from dbkeel.insight.nplusone import NPlusOneDetector
 
 __all__ = [
     "InsightContext",
     "NPlusOneDetector",
     "ShapeStats",
+    "StatementMetrics",
     "allow_nplusone",
     "current_context",
     "format_comment",
+    "statement_metrics",
     "track",
 ]

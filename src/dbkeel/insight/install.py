@@ -32,12 +32,20 @@ def install_insight(
     event.listen(sync_engine, "before_cursor_execute", stats.before)
     event.listen(sync_engine, "after_cursor_execute", stats.after)
     if settings.query_comment:
-        tagger = CommentTagger(settings.app_name, sync_engine.dialect.paramstyle)
+        tagger = CommentTagger(
+            settings.app_name,
+            sync_engine.dialect.paramstyle,
+            traceparent=settings.query_comment_traceparent,
+        )
         event.listen(sync_engine, "before_cursor_execute", tagger.before, retval=True)
-    if settings.query_spans:
+    if settings.query_spans or settings.query_transaction_spans:
         from dbkeel.insight.spans import StatementSpans
 
-        StatementSpans(sync_engine).attach(sync_engine)
+        StatementSpans(
+            sync_engine,
+            statements=settings.query_spans,
+            transactions=settings.query_transaction_spans,
+        ).attach(sync_engine)
     mode = settings.effective_nplusone
     if mode == "off":
         return base

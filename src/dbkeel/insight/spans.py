@@ -8,6 +8,12 @@ SQLAlchemy construct on one table), ``server.address``, ``server.port`` and
 placeholders already and never read). The span is a child of the current span (the OTel
 context is a contextvar, which SQLAlchemy carries into its greenlet); a failing statement
 records the exception and sets the ERROR status. Span kind: CLIENT.
+
+Optionally (``DATABASE_QUERY_TRANSACTION_SPANS=true``) a ``transaction`` span covers each
+transaction of a connection, from SQLAlchemy's begin (a session's first statement) to its
+COMMIT or ROLLBACK, with ``dbkeel.transaction.outcome`` = ``commit`` or ``rollback``: the
+statement spans of the transaction are its children, so a trace shows which statements one
+unit of work held its connection for. A session that commits twice has two.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ if TYPE_CHECKING:
 __all__ = ["StatementSpans", "sanitize"]
 
 _SPAN = "_dbkeel_span"
+_MAX_SHAPES = 1000
+_TRANSACTION = "dbkeel_transaction_span"  # key in Connection.info while a transaction runs
 # Quoted strings and numbers; "$1"-style placeholders are kept.
 _LITERALS = re.compile(r"'(?:[^']|'')*'|(?<![\w$])\d+(?:\.\d+)?\b")
 _SYSTEMS = {"postgresql": "postgresql", "sqlite": "sqlite", "mysql": "mysql", "mariadb": "mariadb"}
@@ -38,13 +46,17 @@ def sanitize(statement: str) -> str:
 class StatementSpans:
     """Cursor-event listeners that wrap each statement in a CLIENT span."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(
+        self, engine: Engine, *, statements: bool = True, transactions: bool = False
+    ) -> None:
         try:
             from opentelemetry import trace
         except ImportError:
             raise MissingDependencyError("query spans", "otel", "opentelemetry-api") from None
         self._trace = trace
         self._tracer = trace.get_tracer("dbkeel.insight")
+        self._statements = statements
+        self._transactions = transactions
         url = engine.url
         self._system = _SYSTEMS.get(engine.dialect.name, engine.dialect.name)
         base: dict[str, Any] = {}
@@ -55,11 +67,49 @@ class StatementSpans:
         if url.port:
             base["server.port"] = url.port
         self._base = base
+        # statement text -> (span name, attributes): SQLAlchemy hands the same text for
+        # each execution of a cached statement, so parsing and sanitizing happen once.
+        self._shapes: dict[str, tuple[str, dict[str, Any]]] = {}
 
     def attach(self, engine: Engine) -> None:
-        event.listen(engine, "before_cursor_execute", self.before)
-        event.listen(engine, "after_cursor_execute", self.after)
-        event.listen(engine, "handle_error", self.error)
+        if self._statements:
+            event.listen(engine, "before_cursor_execute", self.before)
+            event.listen(engine, "after_cursor_execute", self.after)
+            event.listen(engine, "handle_error", self.error)
+        if self._transactions:
+            event.listen(engine, "begin", self.begin)
+            event.listen(engine, "commit", self.commit)
+            event.listen(engine, "rollback", self.rollback)
+
+    def _system_of(self, conn: Connection) -> str:
+        # MariaDB is told apart from MySQL only once connected (dialect.is_mariadb).
+        return "mariadb" if getattr(conn.dialect, "is_mariadb", False) else self._system
+
+    # -- transactions ---------------------------------------------------------------------
+
+    def begin(self, conn: Connection) -> None:
+        stale = conn.info.pop(_TRANSACTION, None)
+        if stale is not None:  # its connection was invalidated before COMMIT/ROLLBACK
+            stale.end()
+        attributes = dict(self._base)
+        attributes["db.system.name"] = self._system_of(conn)
+        conn.info[_TRANSACTION] = self._tracer.start_span(
+            "transaction", kind=self._trace.SpanKind.CLIENT, attributes=attributes
+        )
+
+    def commit(self, conn: Connection) -> None:
+        self._end_transaction(conn, "commit")
+
+    def rollback(self, conn: Connection) -> None:
+        self._end_transaction(conn, "rollback")
+
+    def _end_transaction(self, conn: Connection, outcome: str) -> None:
+        span = conn.info.pop(_TRANSACTION, None)
+        if span is not None:
+            span.set_attribute("dbkeel.transaction.outcome", outcome)
+            span.end()
+
+    # -- statements -----------------------------------------------------------------------
 
     def before(
         self,
@@ -72,9 +122,27 @@ class StatementSpans:
     ) -> None:
         if context is None:
             return
+        # The context's statement is the text before comment tags were appended: no
+        # comment in db.query.text, and one cache entry whatever the traceparent.
+        statement = context.statement
+        shape = self._shapes.get(statement)
+        if shape is None:
+            shape = self._shape(conn, statement, context)
+            if len(self._shapes) < _MAX_SHAPES:
+                self._shapes[statement] = shape
+        name, attributes = shape
+        transaction = conn.info.get(_TRANSACTION) if self._transactions else None
+        parent = None if transaction is None else self._trace.set_span_in_context(transaction)
+        span = self._tracer.start_span(
+            name, context=parent, kind=self._trace.SpanKind.CLIENT, attributes=attributes
+        )
+        setattr(context, _SPAN, span)
+
+    def _shape(
+        self, conn: Connection, statement: str, context: ExecutionContext
+    ) -> tuple[str, dict[str, Any]]:
         attributes = dict(self._base)
-        # MariaDB is told apart from MySQL only once connected (dialect.is_mariadb).
-        system = "mariadb" if getattr(conn.dialect, "is_mariadb", False) else self._system
+        system = self._system_of(conn)
         attributes["db.system.name"] = system
         operation = statement.lstrip().split(None, 1)[0].upper() if statement.strip() else ""
         if operation:
@@ -83,11 +151,7 @@ class StatementSpans:
         if table:
             attributes["db.collection.name"] = table
         attributes["db.query.text"] = sanitize(statement)
-        name = " ".join(p for p in (operation, table) if p) or system
-        span = self._tracer.start_span(
-            name, kind=self._trace.SpanKind.CLIENT, attributes=attributes
-        )
-        setattr(context, _SPAN, span)
+        return " ".join(p for p in (operation, table) if p) or system, attributes
 
     def after(
         self,
