@@ -314,3 +314,57 @@ async def test_replica_killed_mid_load_fails_no_read_started_after(
     await asyncio.to_thread(cluster.replicas[0].ctl, "start")
     assert done[0] > before > 0
     assert failed == [], (len(failed), failed[:3])
+
+
+async def test_replica_pools_are_monitored_with_node_labels(cluster: ReplicaCluster) -> None:
+    """Each replica's pool has its own monitor, labelled with the node's name and
+    host:port in Prometheus, OpenTelemetry and db.health(); credentials appear nowhere.
+    Query insight counts the statements that ran on a replica."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from dbkeel.monitoring import enable_otel
+    from dbkeel.monitoring.prometheus import prometheus_text
+
+    secret = "s3cret-replica-pw"  # trust authentication: accepted, never needed
+    urls = [
+        f"postgresql+asyncpg://postgres:{secret}@127.0.0.1:{r.port}/postgres"
+        for r in cluster.replicas
+    ]
+    settings = _settings(cluster, replica_urls=",".join(urls), read_your_writes="off")
+    async with DatabaseManager(settings) as db:
+        with db.query_stats() as q:
+            for _ in range(4):
+                async with db.get_session(read_only=True) as session:
+                    await session.execute(text("SELECT count(*) FROM items"))
+        assert q.shapes["SELECT count(*) FROM items"].statements == 4
+        monitors = db.monitors
+        assert [m.options.node for m in monitors] == ["primary", "replica-1", "replica-2"]
+        addresses = [f"127.0.0.1:{c.port}" for c in (cluster.primary, *cluster.replicas)]
+        assert [m.options.address for m in monitors] == addresses
+        exposition = prometheus_text(*monitors)
+        checkouts = {
+            s.labels["node"]: (s.labels["address"], s.value)
+            for family in text_string_to_metric_families(exposition)
+            for s in family.samples
+            if s.name == "dbkeel_pool_checkout_wait_seconds_count"
+        }
+        assert set(checkouts) == {"primary", "replica-1", "replica-2"}
+        assert [checkouts[n][0] for n in ("primary", "replica-1", "replica-2")] == addresses
+        # round-robin over both replicas: each served two of the four reads
+        assert checkouts["replica-1"][1] >= 2 and checkouts["replica-2"][1] >= 2
+        provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+        sinks = [enable_otel(m, provider) for m in monitors]
+        app = settings.app_name
+        assert [s.attributes["db.client.connection.pool.name"] for s in sinks] == [
+            f"{app}/default",
+            f"{app}/default/replica-1",
+            f"{app}/default/replica-2",
+        ]
+        assert [s.attributes["dbkeel.node.address"] for s in sinks] == addresses
+        report = await db.health()
+        assert [n["address"] for n in report["nodes"]] == addresses
+        assert all(n["pool"]["checked_out"] == 0 for n in report["nodes"])
+        everything = f"{exposition}{report}{[s.attributes for s in sinks]}{monitors}"
+        assert secret not in everything

@@ -24,10 +24,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.util import await_
 
-from dbkeel._masking import mask_url
+from dbkeel._masking import mask_url, node_address
 from dbkeel.exceptions import NoReplicaAvailableError
 from dbkeel.mixins.session import DbkeelSession
 from dbkeel.monitoring.health import NodeReport
+from dbkeel.monitoring.pool import PoolMonitor
 from dbkeel.replicas.config import ReadYourWrites
 from dbkeel.replicas.readonly import read_only_factory
 from dbkeel.replicas.tokens import LastWrite, last_write, parse_lsn, parse_token, record_write
@@ -54,6 +55,7 @@ class Node:
     lag: float | None = None
     error: str | None = None
     checked_at: float = field(default=0.0)
+    monitor: PoolMonitor | None = None  # with monitoring on: the pool's, labelled node=name
 
     def usable(self, max_lag: float) -> bool:
         """Reachable, a real replica, and not too far behind."""
@@ -270,10 +272,12 @@ class ReplicaRouter:
             {
                 "node": "primary",
                 "role": "primary",
+                "address": node_address(primary_url),
                 "url": primary_url,
                 "state": primary_state,
                 "lag_s": 0.0,
                 "error": None,
+                "pool": PoolMonitor.get_pool_status(self.primary_engine),
             }
         ]
         for n in self.nodes:
@@ -284,10 +288,12 @@ class ReplicaRouter:
                 {
                     "node": n.name,
                     "role": "replica",
+                    "address": node_address(n.url),
                     "url": n.url,
                     "state": state,
                     "lag_s": n.lag,
                     "error": n.error,
+                    "pool": PoolMonitor.get_pool_status(n.engine),
                 }
             )
         return report
