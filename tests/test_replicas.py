@@ -1,13 +1,14 @@
 """Read replicas on a real streaming-replication cluster (tests/replica_rig.py).
 
 The rig builds its own primary and two replicas on spare ports (never the shared 5432
-server), once per test session, and drops them at the end.
+server), once per test session, and drops them at the end (the ``cluster`` fixture of
+tests/conftest.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -23,16 +24,6 @@ from dbkeel.exceptions import (
 from dbkeel.replicas.prober import probe_once
 from tests.conftest import make_settings
 from tests.replica_rig import ReplicaCluster
-
-
-@pytest.fixture(scope="session")
-def cluster() -> Iterator[ReplicaCluster]:
-    rig = ReplicaCluster.build(n_replicas=2)
-    try:
-        rig.primary.psql("CREATE TABLE items (id int PRIMARY KEY, value text)")
-        yield rig
-    finally:
-        rig.drop()
 
 
 def _settings(rig: ReplicaCluster, **overrides: Any) -> Any:
