@@ -356,6 +356,62 @@ async def test_replica_pools_are_monitored_with_node_labels(cluster: ReplicaClus
         assert [s.attributes["dbkeel.node.address"] for s in sinks] == addresses
         report = await db.health()
         assert [n["address"] for n in report["nodes"]] == addresses
-        assert all(n["pool"]["checked_out"] == 0 for n in report["nodes"])
+        # each node's own pool (the prober may hold one of its connections right now)
+        assert [n["pool"]["size"] for n in report["nodes"]] == [20, 20, 20]
+        assert all((n["pool"]["checked_out"] or 0) <= 1 for n in report["nodes"])
         everything = f"{exposition}{report}{[s.attributes for s in sinks]}{monitors}"
         assert secret not in everything
+
+
+async def test_write_through_the_sessions_connection_is_read_back(
+    cluster: ReplicaCluster, rdb: DatabaseManager
+) -> None:
+    # A Core statement on session.connection() is no ORM execution: the write is seen on
+    # the engine (before_cursor_execute), so lsn mode still sends the read to a node
+    # that has it. Replay is paused: only the primary has it.
+    for replica in cluster.replicas:
+        replica.psql("SELECT pg_wal_replay_pause()")
+    try:
+
+        async def write_then_read() -> tuple[int | None, bool]:
+            async with rdb.get_session() as session:
+                conn = await session.connection()
+                await conn.execute(text("INSERT INTO items VALUES (6000000, 'core')"))
+            async with rdb.get_session(read_only=True) as session:
+                found = await session.execute(text("SELECT 1 FROM items WHERE id = 6000000"))
+                recovery = await session.execute(text("SELECT pg_is_in_recovery()"))
+                return found.scalar(), bool(recovery.scalar_one())
+
+        assert await asyncio.create_task(write_then_read()) == (1, False)
+    finally:
+        for replica in cluster.replicas:
+            replica.psql("SELECT pg_wal_replay_resume()")
+
+
+async def test_a_read_in_a_read_write_session_is_no_write(rdb: DatabaseManager) -> None:
+    async def read_then_read() -> bool:
+        async with rdb.get_session() as session:
+            await session.execute(text("/* report */ SELECT count(*) FROM items"))
+        return await _in_recovery(rdb, read_only=True)
+
+    # nothing written in this context: the replica serves the next read
+    assert await asyncio.create_task(read_then_read()) is True
+
+
+@pytest.mark.parametrize(
+    ("statement", "writes"),
+    [
+        ("SELECT 1", False),
+        ("  /* tag */ select * from t", False),
+        ("-- why\nSHOW search_path", False),
+        ("VALUES (1)", False),
+        ("INSERT INTO t VALUES (1)", True),
+        ("WITH x AS (DELETE FROM t RETURNING *) SELECT * FROM x", True),
+        ("EXPLAIN ANALYZE UPDATE t SET a = 1", True),
+        ("selectivity_fn()", True),
+    ],
+)
+def test_text_statement_write_classification(statement: str, writes: bool) -> None:
+    from dbkeel.replicas.recording import is_write
+
+    assert is_write(None, statement) is writes
