@@ -132,6 +132,22 @@ class FailoverLoad:
         return {"lost": len(lost), "duplicated": len(duplicated), "phantom": len(phantom)}
 
 
+async def _pooled_primaries(db: DatabaseManager) -> set[tuple[int, bool]]:
+    """(port, in recovery) of as many read-write connections as the pool holds at once:
+    a connection to the dead or demoted node handed out would show here."""
+    started = asyncio.Barrier(WRITERS)
+
+    async def one() -> tuple[int, bool]:
+        async with db.get_session() as session:
+            row = (
+                await session.execute(text("SELECT inet_server_port(), pg_is_in_recovery()"))
+            ).one()
+            await started.wait()  # every session holds its own connection at once
+            return int(row[0]), bool(row[1])
+
+    return set(await asyncio.gather(*(one() for _ in range(WRITERS))))
+
+
 def _stored(rows: str) -> list[int]:
     return [int(r) for r in rows.split()]
 
@@ -163,7 +179,9 @@ async def test_patroni_failover_keeps_writes_and_reads_going(patroni: PatroniClu
     settings = _settings(ports, [node.url() for node in patroni.nodes])
     async with DatabaseManager(settings) as db:
         load = FailoverLoad(db)
-        await asyncio.sleep(2.0)
+        load.expect(commits=200)  # the load runs before anything is killed
+        async with asyncio.timeout(60):
+            await load.resumed()
         before = len(load.acknowledged)
         killed_at = load.expect(commits=500)
         await asyncio.to_thread(old.kill_postmaster)
@@ -178,7 +196,9 @@ async def test_patroni_failover_keeps_writes_and_reads_going(patroni: PatroniClu
             await load.resumed()
         await asyncio.sleep(1.0)
         await load.stop()
-    new = patroni.leader()
+        new = patroni.leader()
+        assert new is not None
+        assert await _pooled_primaries(db) == {(new.port, False)}
     assert new is sync, f"Patroni promoted {new and new.name}, not the sync standby {sync.name}"
     figures = load.verify(_stored(patroni.psql(new, f"SELECT id FROM {TABLE}")))
     after = load.acknowledged_since(killed_at)
@@ -191,7 +211,7 @@ async def test_patroni_failover_keeps_writes_and_reads_going(patroni: PatroniClu
         f"{figures['duplicated']}, phantom {figures['phantom']}; reads {load.reads} ok, "
         f"{len(load.failed_reads)} failed"
     )
-    assert before > 100 and after >= 500
+    assert before >= 200 and after >= 500
     assert load.failed_reads == [], load.failed_reads[:5]
     assert gap < 30, gap
 
@@ -211,7 +231,9 @@ async def test_manual_promote_failover_loses_no_acknowledged_commit() -> None:
         settings = _settings(ports, [replica.url()])
         async with DatabaseManager(settings) as db:
             load = FailoverLoad(db)
-            await asyncio.sleep(1.0)
+            load.expect(commits=200)
+            async with asyncio.timeout(60):
+                await load.resumed()
             before = len(load.acknowledged)
             stopped_at = load.expect(commits=500)
             await asyncio.to_thread(rig.primary.ctl, "stop", "-m", "fast")
@@ -219,6 +241,7 @@ async def test_manual_promote_failover_loses_no_acknowledged_commit() -> None:
             async with asyncio.timeout(60):
                 await load.resumed()
             await load.stop()
+            assert await _pooled_primaries(db) == {(replica.port, False)}
         figures = load.verify(_stored(replica.psql(f"SELECT id FROM {TABLE}")))
         after = load.acknowledged_since(stopped_at)
         gap = load.write_gap(stopped_at)
@@ -229,7 +252,7 @@ async def test_manual_promote_failover_loses_no_acknowledged_commit() -> None:
             f"duplicated {figures['duplicated']}; reads {load.reads} ok, "
             f"{len(load.failed_reads)} failed"
         )
-        assert before > 100 and after >= 500
+        assert before >= 200 and after >= 500
         assert gap < 15, gap
         # Until the promotion the replica serves reads; once promoted, the prober finds it
         # out of recovery and reads go to the primary URL, which is that node now.
