@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.dbkeel-installed
 
-.PHONY: install demo test lint typecheck pytest example-tests bench bench-smoke services clean
+.PHONY: install demo test lint typecheck pytest example-tests bench bench-smoke failover services clean
 
 $(STAMP): pyproject.toml
 	@if ! $(PYTHON) -m uv --version >/dev/null 2>&1; then $(PYTHON) -m pip install -q uv; fi
@@ -48,6 +48,11 @@ bench: $(STAMP) services
 # Every benchmark once at tiny sizes (figures meaningless): CI sees a benchmark that broke.
 bench-smoke: $(STAMP) services
 	DBKEEL_BENCH_SMOKE=1 $(BIN)/python -m benchmarks
+
+# The failover figures (issue 14): a Patroni cluster whose primary's postmaster is killed
+# under 50 writers, and a manual pg_ctl promote; gap, lost/duplicated commits, reads.
+failover: $(STAMP) services
+	$(BIN)/pytest tests/test_replicas_failover.py -q -s
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache dbkeel.sqlite3*

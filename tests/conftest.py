@@ -21,7 +21,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from sqlalchemy import MetaData, text
@@ -30,6 +30,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from dbkeel import DatabaseManager, DatabaseSettings
+
+if TYPE_CHECKING:
+    from tests.replica_rig import ReplicaCluster
 
 # A sample application with its own test suite, run by tests/test_testing_plugin.py
 collect_ignore = ["plugin_sample"]
@@ -229,3 +232,18 @@ async def create_tables() -> AsyncIterator[CreateTables]:
         if manager.is_initialized:
             async with manager.engine.begin() as conn:
                 await conn.run_sync(metadata.drop_all)
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[ReplicaCluster]:
+    """A throwaway PostgreSQL primary with two streaming replicas on spare ports (never
+    the shared server), built once per session by tests that need it, with a table
+    ``items``; dropped at the end."""
+    from tests.replica_rig import ReplicaCluster
+
+    rig = ReplicaCluster.build(n_replicas=2)
+    try:
+        rig.primary.psql("CREATE TABLE items (id int PRIMARY KEY, value text)")
+        yield rig
+    finally:
+        rig.drop()

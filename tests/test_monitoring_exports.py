@@ -52,8 +52,17 @@ async def test_prometheus_text_has_every_series(pg_pool: DatabaseManager) -> Non
         for sample in family.samples:
             assert sample.labels["app"] == "shop"
             assert sample.labels["pool"] == "default"
+            assert sample.labels["node"] == "primary"
+            assert (
+                sample.labels["address"]
+                == pg_pool.engine.url.render_as_string().split("@")[-1].split("/")[0]
+            )
             rest = tuple(
-                sorted((k, v) for k, v in sample.labels.items() if k not in ("app", "pool"))
+                sorted(
+                    (k, v)
+                    for k, v in sample.labels.items()
+                    if k not in ("app", "pool", "node", "address")
+                )
             )
             values[(sample.name, rest)] = sample.value
 
@@ -128,7 +137,11 @@ async def test_opentelemetry_instruments_follow_the_semantic_conventions(
     assert count["used"] == 0 and count["idle"] >= 1
     (wait,) = metrics["db.client.connection.wait_time"].data.data_points
     assert wait.count == 4
-    assert wait.attributes == {"db.client.connection.pool.name": "shop/default"}
+    assert wait.attributes == {
+        "db.client.connection.pool.name": "shop/default",
+        "dbkeel.node": "primary",
+        "dbkeel.node.address": f"{pg_pool.engine.url.host}:{pg_pool.engine.url.port}",
+    }
     assert metrics["db.client.connection.wait_time"].unit == "s"
     (limit,) = metrics["db.client.connection.max"].data.data_points
     assert limit.value == 3
@@ -254,4 +267,7 @@ def test_check_prints_the_health_report_and_demo_the_metrics(pg_url: str, tmp_pa
         assert fragment in check.stdout
     demo = run_cli("demo", cwd=tmp_path)
     assert demo.returncode == 0, demo.stderr
-    assert 'dbkeel_pool_checkout_wait_seconds_count{app="dbkeel",pool="default"} 3.0' in demo.stdout
+    assert (
+        "dbkeel_pool_checkout_wait_seconds_count"
+        '{address="local",app="dbkeel",node="primary",pool="default"} 3.0'
+    ) in demo.stdout

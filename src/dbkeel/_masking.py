@@ -21,7 +21,14 @@ from collections.abc import Iterable
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-__all__ = ["MASK", "check_userinfo", "is_secret_parameter", "mask_url", "scrub_secrets"]
+__all__ = [
+    "MASK",
+    "check_userinfo",
+    "is_secret_parameter",
+    "mask_url",
+    "node_address",
+    "scrub_secrets",
+]
 
 MASK = "***"
 
@@ -88,6 +95,36 @@ def mask_url(url: str | URL) -> str:
     # The query's "***" is percent-encoded by SQLAlchemy; show it as typed.
     rendered = parsed.render_as_string(hide_password=True)
     return rendered.replace("%2A%2A%2A", MASK)
+
+
+def node_address(url: str | URL) -> str:
+    """``host:port`` of a database URL, nothing else (for metric labels); never raises.
+
+    A multi-host URL (``?host=db1:5432&host=db2:5432``) gives ``db1:5432,db2:5432``; a
+    SQLite URL ``local``. User, password and query parameters never appear.
+
+    Example::
+
+        >>> node_address("postgresql+asyncpg://app:pw@db:5433/app")
+        'db:5433'
+    """
+    try:
+        parsed = make_url(url) if isinstance(url, str) else url
+    except (ArgumentError, ValueError):
+        return "unknown"
+    if parsed.get_backend_name() == "sqlite":
+        return "local"
+    if parsed.host:
+        return f"{parsed.host}:{parsed.port}" if parsed.port else parsed.host
+    hosts = parsed.query.get("host", ())
+    hosts = (hosts,) if isinstance(hosts, str) else tuple(hosts)
+    ports = parsed.query.get("port", ())
+    ports = tuple(str(ports).split(",")) if isinstance(ports, str) else tuple(ports)
+    if len(hosts) == 1 and "," in hosts[0]:
+        hosts = tuple(hosts[0].split(","))
+    if ports and len(ports) == len(hosts):
+        hosts = tuple(f"{h}:{p}" for h, p in zip(hosts, ports, strict=True))
+    return ",".join(hosts) or "localhost"
 
 
 def url_secrets(url: URL) -> list[str]:

@@ -379,8 +379,24 @@ class DatabaseManager:
 
     @property
     def monitor(self) -> PoolMonitor | None:
-        """The :class:`~dbkeel.PoolMonitor` attached at initialize(), if monitoring is on."""
+        """The :class:`~dbkeel.PoolMonitor` of the primary's pool, if monitoring is on."""
         return self._monitor
+
+    @property
+    def monitors(self) -> list[PoolMonitor]:
+        """Every pool's monitor, the primary's first, then each replica's (empty with
+        monitoring off). Their ``node`` option (``primary``, ``replica-1``...) labels the
+        Prometheus series and OpenTelemetry attributes.
+
+        Example::
+
+            for monitor in db.monitors:
+                register_prometheus(monitor)
+        """
+        found = [self._monitor] if self._monitor is not None else []
+        if self._router is not None:
+            found += [n.monitor for n in self._router.nodes if n.monitor is not None]
+        return found
 
     async def health(self) -> HealthReport:
         """Reachability, round-trip latency, server version and pool status, as a dict.
@@ -418,8 +434,15 @@ class DatabaseManager:
             )
         # A leaked connection never comes back, so no pool event would report it: look.
         self._leak_watch = asyncio.get_running_loop().create_task(
-            self._monitor.watch_leaks(), name="dbkeel-leak-watch"
+            self._watch_leaks(min(settings.leak_threshold / 4, 10.0)), name="dbkeel-leak-watch"
         )
+
+    async def _watch_leaks(self, interval: float) -> None:
+        # Every pool's monitor, replicas' included (they exist only after startup).
+        while True:
+            await asyncio.sleep(interval)
+            for monitor in self.monitors:
+                monitor.check_leaks()
 
     async def _stop_leak_watch(self) -> None:
         task, self._leak_watch = self._leak_watch, None

@@ -56,9 +56,12 @@ def _health_table(report: HealthReport) -> Table:
         table.add_row(f"pool.{key}", "unknown" if value is None else str(value))
     for node in report.get("nodes", []):
         lag = "?" if node["lag_s"] is None else f"{node['lag_s']:.2f} s"
+        pool = node["pool"]
+        in_use = f"pool {pool['checked_out'] if pool['checked_out'] is not None else '?'}"
+        in_use += f"/{pool['max']} in use" if pool["max"] is not None else " in use"
         table.add_row(
             f"node {node['node']}",
-            f"{node['role']} {node['state']}, lag {lag}, {node['url']}"
+            f"{node['role']} {node['state']}, lag {lag}, {in_use}, {node['url']}"
             + (f" ({node['error']})" if node["error"] else ""),
         )
     return table

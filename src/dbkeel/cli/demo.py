@@ -235,7 +235,9 @@ async def _demo_monitoring(db: DatabaseManager) -> None:
     from dbkeel.monitoring import PoolMonitor, prometheus_text
 
     _step("monitoring: pool status and Prometheus metrics for this pool")
-    monitor = db.monitor or PoolMonitor.setup_listeners(db.engine, app_name=db.settings.app_name)
+    monitor = db.monitor or PoolMonitor.setup_listeners(
+        db.engine, PoolMonitor.options_from_settings(db.settings)
+    )
     for _ in range(3):
         async with db.get_session() as session:
             await session.scalar(select(func.count()).select_from(Customer))

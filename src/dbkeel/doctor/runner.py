@@ -12,6 +12,7 @@ from sqlalchemy import MetaData
 from dbkeel.doctor.config_checks import check_settings
 from dbkeel.doctor.findings import DoctorOptions, Report
 from dbkeel.doctor.probe import probe_server
+from dbkeel.doctor.replica_checks import check_replicas
 from dbkeel.doctor.schema_checks import check_schema
 from dbkeel.doctor.server_checks import ServerContext, check_server
 from dbkeel.engine import build_engine_options
@@ -56,12 +57,15 @@ async def run_doctor(
     findings: list[Finding] = check_settings(settings, pool_kwargs, options)
     # The doctor opens connections the way the application does, but without a pool of
     # its own: an app configured with pool_size=1 must not make the doctor wait on itself.
-    probe_settings = settings.model_copy(update={"environment": "test"})
+    # Replicas are checked one by one below, not routed to (no prober at startup).
+    probe_settings = settings.model_copy(update={"environment": "test", "replica_urls": None})
     # An empty metadata: the probe reads no encrypted column, so it needs no keys.
     async with DatabaseManager(probe_settings, metadata=MetaData()) as db:
         facts = await probe_server(db.engine, settings.app_name)
+        replica_findings = await check_replicas(settings, db.engine)
     ctx = ServerContext(settings, pool_kwargs, worker_count, options)
     findings += check_server(ctx, facts)
+    findings += replica_findings
     if metadata is not None:
         findings += check_schema(metadata, facts.backend)
     return Report(

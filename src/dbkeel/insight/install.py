@@ -17,7 +17,7 @@ from dbkeel.insight.stats import StatsRecorder
 from dbkeel.mixins.session import DbkeelSession
 from dbkeel.settings import DatabaseSettings
 
-__all__ = ["install_insight"]
+__all__ = ["install_engine_insight", "install_insight"]
 
 
 def install_insight(
@@ -27,6 +27,21 @@ def install_insight(
 ) -> type[DbkeelSession]:
     """Attach the listeners *settings* ask for; return the session class to use (*base*,
     or a subclass of it that N+1 detection listens on)."""
+    install_engine_insight(engine, settings)
+    mode = settings.effective_nplusone
+    if mode == "off":
+        return base
+    # A subclass per manager: the listener must not reach sessions of other managers
+    # (or of other settings) that share DbkeelSession.
+    session_class = type(base.__name__, (base,), {"__module__": __name__})
+    detector = NPlusOneDetector(mode, settings.nplusone_threshold)
+    event.listen(session_class, "do_orm_execute", detector.on_execute)
+    return session_class
+
+
+def install_engine_insight(engine: AsyncEngine, settings: DatabaseSettings) -> None:
+    """The engine's part: statement statistics, comment tags and spans (a replica's
+    engine gets it too, so ``db.query_stats()`` counts statements wherever they ran)."""
     sync_engine = engine.sync_engine
     stats = StatsRecorder()
     event.listen(sync_engine, "before_cursor_execute", stats.before)
@@ -46,12 +61,3 @@ def install_insight(
             statements=settings.query_spans,
             transactions=settings.query_transaction_spans,
         ).attach(sync_engine)
-    mode = settings.effective_nplusone
-    if mode == "off":
-        return base
-    # A subclass per manager: the listener must not reach sessions of other managers
-    # (or of other settings) that share DbkeelSession.
-    session_class = type(base.__name__, (base,), {"__module__": __name__})
-    detector = NPlusOneDetector(mode, settings.nplusone_threshold)
-    event.listen(session_class, "do_orm_execute", detector.on_execute)
-    return session_class

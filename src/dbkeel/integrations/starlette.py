@@ -131,8 +131,9 @@ def _exhausted(pool: PoolStatus) -> bool:
 async def _metrics(request: Request) -> Response:
     from dbkeel.monitoring.prometheus import prometheus_text
 
-    monitor = manager_of(request).monitor
-    text = prometheus_text(monitor) if monitor is not None else ""
+    # every node's pool: the primary's, then each replica's (label node=replica-N)
+    monitors = manager_of(request).monitors
+    text = prometheus_text(*monitors) if monitors else ""
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
 

@@ -47,14 +47,17 @@ class HealthReport(TypedDict):
 
 
 class NodeReport(TypedDict):
-    """One node of :attr:`HealthReport.nodes` (``lag_s`` None when unknown)."""
+    """One node of :attr:`HealthReport.nodes` (``lag_s`` None when unknown): its name
+    (``primary``, ``replica-1``...), ``host:port``, masked URL and its pool's status."""
 
     node: str
     role: Literal["primary", "replica"]
+    address: str
     url: str
     state: str
     lag_s: float | None
     error: str | None
+    pool: PoolStatus
 
 
 async def round_trip_ms(conn: AsyncConnection, samples: int = 5) -> float:

@@ -18,13 +18,19 @@ __all__ = ["MetricSink", "MonitorOptions"]
 
 @dataclass(frozen=True)
 class MonitorOptions:
-    """How a :class:`PoolMonitor` labels its figures and when it warns (seconds)."""
+    """How a :class:`PoolMonitor` labels its figures and when it warns (seconds).
+
+    *node* names the database node of the pool (``primary``, ``replica-1``...) and
+    *address* its ``host:port`` (never credentials); the manager sets both.
+    """
 
     app_name: str = "dbkeel"
     pool_name: str = "default"
     long_lived_threshold: float = 300.0
     leak_threshold: float = 60.0
     capture_stack: bool = False
+    node: str = "primary"
+    address: str = ""
 
     def __post_init__(self) -> None:
         for name in ("long_lived_threshold", "leak_threshold"):

@@ -2,8 +2,10 @@
 
 Instruments follow the database-client semantic conventions for connection pools
 (``db.client.connection.*``, experimental in semconv 1.26+), with the attribute
-``db.client.connection.pool.name`` = ``"<app_name>/<pool_name>"``; ``count`` also has
-``db.client.connection.state`` = ``idle`` or ``used``:
+``db.client.connection.pool.name`` = ``"<app_name>/<pool_name>"`` (a replica's pool:
+``"<app_name>/<pool_name>/<node>"``, so every pool's name is unique), ``dbkeel.node``
+(``primary``, ``replica-1``...) and ``dbkeel.node.address`` (``host:port``, never
+credentials); ``count`` also has ``db.client.connection.state`` = ``idle`` or ``used``:
 
 =============================================  ======================  ==============
 ``db.client.connection.count``                 UpDownCounter (obs.)    ``{connection}``, by state
@@ -37,6 +39,8 @@ __all__ = ["OtelSink", "enable_otel"]
 
 POOL_NAME = "db.client.connection.pool.name"
 STATE = "db.client.connection.state"
+NODE = "dbkeel.node"
+ADDRESS = "dbkeel.node.address"
 
 
 def _metrics() -> Any:
@@ -53,7 +57,9 @@ class OtelSink:
     def __init__(self, monitor: PoolMonitor, meter: Any) -> None:
         metrics = _metrics()
         self.monitor = monitor
-        self.attributes = {POOL_NAME: f"{monitor.options.app_name}/{monitor.options.pool_name}"}
+        o = monitor.options
+        name = f"{o.app_name}/{o.pool_name}" + ("" if o.node == "primary" else f"/{o.node}")
+        self.attributes = {POOL_NAME: name, NODE: o.node, ADDRESS: o.address}
         self._observation = metrics.Observation
         meter.create_observable_up_down_counter(
             "db.client.connection.count",

@@ -30,6 +30,7 @@ import sqlalchemy.exc
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from dbkeel._masking import node_address
 from dbkeel.exceptions import ConfigurationError
 from dbkeel.monitoring._stack import capture_stack, format_stack
 from dbkeel.monitoring.options import MetricSink, MonitorOptions
@@ -39,7 +40,7 @@ from dbkeel.monitoring.status import PoolStatus, pool_status
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from sqlalchemy.engine import Engine
+    from sqlalchemy.engine import URL, Engine
     from sqlalchemy.engine.interfaces import DBAPIConnection
     from sqlalchemy.pool import ConnectionPoolEntry, Pool, PoolProxiedConnection
 
@@ -79,11 +80,18 @@ class PoolMonitor:
         self._engine: weakref.ref[Engine] | None = None
         self._held: dict[int, ConnectionPoolEntry] = {}
         self._listeners: list[tuple[Any, str, Callable[..., Any]]] = []
-        self._extra = {"app_name": options.app_name, "db_pool": options.pool_name}
+        self._extra = {
+            "app_name": options.app_name,
+            "db_pool": options.pool_name,
+            "db_node": options.node,
+        }
 
     def __repr__(self) -> str:
         o = self.options
-        return f"<PoolMonitor app={o.app_name!r} pool={o.pool_name!r} held={len(self._held)}>"
+        return (
+            f"<PoolMonitor app={o.app_name!r} pool={o.pool_name!r} node={o.node!r} "
+            f"held={len(self._held)}>"
+        )
 
     # -- attaching ----------------------------------------------------------------------
 
@@ -397,12 +405,19 @@ class PoolMonitor:
 
     @classmethod
     def options_from_settings(
-        cls, settings: DatabaseSettings, pool_name: str = "default"
+        cls,
+        settings: DatabaseSettings,
+        pool_name: str = "default",
+        node: str = "primary",
+        url: str | URL | None = None,
     ) -> MonitorOptions:
-        """The :class:`MonitorOptions` that *settings* describe."""
+        """The :class:`MonitorOptions` that *settings* describe, for the pool of *node*
+        at *url* (default: ``DATABASE_URL``, the primary)."""
         return MonitorOptions(
             app_name=settings.app_name,
             pool_name=pool_name,
+            node=node,
+            address=node_address(url if url is not None else settings.url),
             long_lived_threshold=settings.long_lived_threshold,
             leak_threshold=settings.leak_threshold,
             capture_stack=settings.capture_checkout_stack,

@@ -2,7 +2,8 @@
 
 A custom collector: nothing is updated on the hot path for Prometheus, the figures are
 read from the monitors when the registry is scraped. Every series carries the labels
-``app`` and ``pool``. Series (``dbkeel_pool_`` prefix):
+``app``, ``pool``, ``node`` (``primary``, ``replica-1``...) and ``address`` (the node's
+``host:port``, never credentials). Series (``dbkeel_pool_`` prefix):
 
 ================================  =========  ==========================================
 ``connections{state}``            gauge      open connections, ``state`` idle or used
@@ -81,7 +82,7 @@ class PoolCollector:
 
     def _families(self, monitors: list[PoolMonitor]) -> Iterator[Any]:
         core = self.core
-        labels = ["app", "pool"]
+        labels = ["app", "pool", "node", "address"]
         gauge, counter = core.GaugeMetricFamily, core.CounterMetricFamily
         connections = gauge(PREFIX + "connections", "Open connections by state.", labels=[
             *labels, "state"])  # fmt: skip
@@ -110,7 +111,8 @@ class PoolCollector:
         leaks = counter(PREFIX + "leaks", "Connections held past the leak threshold.",
                         labels=labels)  # fmt: skip
         for monitor in monitors:
-            key = [monitor.options.app_name, monitor.options.pool_name]
+            o = monitor.options
+            key = [o.app_name, o.pool_name, o.node, o.address]
             c = monitor.counters
             try:
                 status = monitor.status()
@@ -147,7 +149,8 @@ def register_prometheus(monitor: PoolMonitor, registry: Any = None) -> PoolColle
     """Export *monitor* through *registry* (default: prometheus-client's global one).
 
     All monitors registered on one registry share one collector, so several pools (or
-    apps) never clash on metric names; their ``app`` and ``pool`` labels tell them apart.
+    apps, or nodes) never clash on metric names; their ``app``, ``pool`` and ``node``
+    labels tell them apart. With replicas, register each of ``db.monitors``.
     Raises :class:`~dbkeel.MissingDependencyError` without ``dbkeel[prometheus]``.
     """
     core = _client()

@@ -1,9 +1,13 @@
 """The health prober: every ``DATABASE_REPLICA_PROBE_INTERVAL`` seconds, each replica's
 reachability, recovery state, replay position and lag.
 
-Lag is 0 when the replica has replayed everything the primary wrote (an idle primary
-writes nothing, so ``now() - pg_last_xact_replay_timestamp()`` would grow without the
-replica being behind); otherwise it is the age of the last replayed transaction.
+PostgreSQL: lag is 0 when the replica has replayed everything the primary wrote (an idle
+primary writes nothing, so ``now() - pg_last_xact_replay_timestamp()`` would grow without
+the replica being behind); otherwise it is the age of the last replayed transaction.
+
+MariaDB/MySQL (``window`` mode: no positions): ``SHOW REPLICA STATUS``. A server without
+replication configured is "not in recovery"; the lag is ``Seconds_Behind_Master``, which
+is NULL (unknown: the replica is not used) while a replication thread is stopped.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import logging
 import time
 
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from dbkeel._masking import scrub_secrets
 from dbkeel.replicas.router import Node, ReplicaRouter
@@ -27,6 +32,7 @@ _PG_REPLICA = text(
     "EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp())::float8"
 )
 _PG_PRIMARY = text("SELECT pg_current_wal_lsn()::text")
+_MYSQL_REPLICA = text("SHOW REPLICA STATUS")
 
 
 async def _probe_primary(router: ReplicaRouter, limit: float) -> None:
@@ -47,22 +53,35 @@ async def _probe_node(router: ReplicaRouter, node: Node, limit: float) -> None:
     try:
         async with asyncio.timeout(limit):
             async with node.engine.connect() as conn:
-                in_recovery, replay, age = (await conn.execute(_PG_REPLICA)).one()
+                if node.engine.dialect.name == "postgresql":
+                    in_recovery, replay, age = (await conn.execute(_PG_REPLICA)).one()
+                else:
+                    in_recovery, replay, age = await _mysql_state(conn)
     except Exception as exc:
         node.reachable, node.lag = False, None
         node.error = scrub_secrets(f"{type(exc).__name__}: {exc}", [node.engine.url])[:300]
         await node.engine.dispose()  # the pool's connections to a dead node are useless
     else:
         node.reachable, node.in_recovery, node.error = True, bool(in_recovery), None
-        if in_recovery:
+        if not in_recovery:
+            node.lag = None
+        elif node.engine.dialect.name == "postgresql":
             node.replay_lsn = parse_lsn(replay) if replay else 0
             node.lag = _lag(router, node.replay_lsn, age)
         else:
-            node.lag = None
+            node.lag = age  # Seconds_Behind_Master
     node.checked_at = time.time()
     now = (node.reachable, node.in_recovery, node.usable(router.settings.replica_max_lag))
     if now != was:
         _log_change(node, router.settings.replica_max_lag)
+
+
+async def _mysql_state(conn: AsyncConnection) -> tuple[bool, None, float | None]:
+    row = (await conn.execute(_MYSQL_REPLICA)).mappings().first()
+    if row is None:
+        return False, None, None
+    behind = row.get("Seconds_Behind_Master")
+    return True, None, float(behind) if behind is not None else None
 
 
 def _lag(router: ReplicaRouter, replay_lsn: int, age: float | None) -> float:
@@ -85,8 +104,9 @@ def _log_change(node: Node, max_lag: float) -> None:
         logger.warning("%s (%s) is unreachable: %s", node.name, node.url, node.error)
     elif node.in_recovery is False:
         logger.error(
-            "%s (%s) is not in recovery: it is a primary, not a replica. It is not used "
-            "for reads; fix DATABASE_REPLICA_URLS (or it was promoted).",
+            "%s (%s) is not in recovery (or has no replication configured): it is a "
+            "primary, not a replica. It is not used for reads; fix DATABASE_REPLICA_URLS "
+            "(or it was promoted).",
             node.name,
             node.url,
         )
@@ -101,7 +121,8 @@ def _log_change(node: Node, max_lag: float) -> None:
 async def probe_once(router: ReplicaRouter) -> None:
     """Probe the primary's position, then every replica, concurrently."""
     timeout = router.settings.connect_timeout
-    await _probe_primary(router, timeout)
+    if router.primary_engine.dialect.name == "postgresql":  # others have no positions
+        await _probe_primary(router, timeout)
     await asyncio.gather(*(_probe_node(router, n, timeout) for n in router.nodes))
     router.notify()
 

@@ -21,19 +21,19 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from sqlalchemy.orm import Session, SessionTransaction
-from sqlalchemy.util import await_
 
-from dbkeel._masking import mask_url
+from dbkeel._masking import mask_url, node_address
 from dbkeel.exceptions import NoReplicaAvailableError
 from dbkeel.mixins.session import DbkeelSession
 from dbkeel.monitoring.health import NodeReport
+from dbkeel.monitoring.pool import PoolMonitor
 from dbkeel.replicas.config import ReadYourWrites
 from dbkeel.replicas.readonly import read_only_factory
-from dbkeel.replicas.tokens import LastWrite, last_write, parse_lsn, parse_token, record_write
+from dbkeel.replicas.recording import RecordingSession, WindowSession, watch_writes
+from dbkeel.replicas.tokens import LastWrite, last_write, parse_token
 from dbkeel.settings import DatabaseSettings
 
-__all__ = ["Node", "RecordingSession", "ReplicaRouter"]
+__all__ = ["Node", "ReplicaRouter"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ class Node:
     lag: float | None = None
     error: str | None = None
     checked_at: float = field(default=0.0)
+    monitor: PoolMonitor | None = None  # with monitoring on: the pool's, labelled node=name
 
     def usable(self, max_lag: float) -> bool:
         """Reachable, a real replica, and not too far behind."""
@@ -74,54 +75,6 @@ class Node:
         return "ok"
 
 
-class RecordingSession(DbkeelSession):
-    """A read-write session that notes the commit's WAL position (``lsn`` mode).
-
-    The position is read on the same connection right after COMMIT, before it returns to
-    the pool, with the driver's own call (one round trip, no transaction), and only when
-    the transaction wrote something.
-    """
-
-
-@event.listens_for(RecordingSession, "after_begin")
-def _remember_connection(session: Session, trans: SessionTransaction, connection: Any) -> None:
-    session.info["dbkeel_connection"] = connection
-
-
-@event.listens_for(RecordingSession, "after_flush")
-def _flushed(session: Session, context: Any) -> None:
-    session.info[_WROTE] = True
-
-
-@event.listens_for(RecordingSession, "do_orm_execute")
-def _executed(state: Any) -> None:
-    if not state.is_select:
-        state.session.info[_WROTE] = True
-
-
-@event.listens_for(RecordingSession, "after_commit")
-def _record_commit_lsn(session: Session) -> None:
-    connection = session.info.pop("dbkeel_connection", None)
-    if not session.info.pop(_WROTE, False) or connection is None:
-        return
-    try:
-        driver = connection.connection.driver_connection
-        lsn = await_(driver.fetchval("SELECT pg_current_wal_insert_lsn()::text"))
-    except Exception:
-        # The commit succeeded; without its position, the next read of this context
-        # goes to the primary (safe) instead of failing the request.
-        logger.warning("could not read the commit's WAL position", exc_info=True)
-        record_write(1 << 63)
-        return
-    record_write(parse_lsn(lsn))
-
-
-@event.listens_for(RecordingSession, "after_rollback")
-def _forget(session: Session) -> None:
-    session.info.pop(_WROTE, None)
-    session.info.pop("dbkeel_connection", None)
-
-
 def _discard_closed(dbapi_connection: Any, record: Any, proxy: Any) -> None:
     # A replica's server died: its pooled sockets are closed. Free to check (no round
     # trip), and the pool then opens a new connection, which fails fast if it is down.
@@ -140,6 +93,7 @@ class ReplicaRouter:
         self.mode = ReadYourWrites.parse(settings.read_your_writes or "off")
         self.primary_engine = primary
         self.primary_read_only = read_only_factory(primary)
+        watch_writes(primary.sync_engine)  # which transactions wrote (read-your-writes)
         self.nodes = [
             Node(f"replica-{i}", mask_url(engine.url), engine, read_only_factory(engine))
             for i, engine in enumerate(replicas, start=1)
@@ -157,7 +111,7 @@ class ReplicaRouter:
     @property
     def sync_session_class(self) -> type[DbkeelSession]:
         """Session class of read-write sessions (records commit positions in lsn mode)."""
-        return RecordingSession if self.mode.mode == "lsn" else _WindowSession
+        return RecordingSession if self.mode.mode == "lsn" else WindowSession
 
     def token(self) -> str:
         """This context's consistency token."""
@@ -270,10 +224,12 @@ class ReplicaRouter:
             {
                 "node": "primary",
                 "role": "primary",
+                "address": node_address(primary_url),
                 "url": primary_url,
                 "state": primary_state,
                 "lag_s": 0.0,
                 "error": None,
+                "pool": PoolMonitor.get_pool_status(self.primary_engine),
             }
         ]
         for n in self.nodes:
@@ -284,10 +240,12 @@ class ReplicaRouter:
                 {
                     "node": n.name,
                     "role": "replica",
+                    "address": node_address(n.url),
                     "url": n.url,
                     "state": state,
                     "lag_s": n.lag,
                     "error": n.error,
+                    "pool": PoolMonitor.get_pool_status(n.engine),
                 }
             )
         return report
@@ -299,29 +257,3 @@ class ReplicaRouter:
     async def dispose(self) -> None:
         """Close every replica engine."""
         await asyncio.gather(*(n.engine.dispose() for n in self.nodes), return_exceptions=True)
-
-
-class _WindowSession(DbkeelSession):
-    """A read-write session that notes the time of each committed write (window mode)."""
-
-
-@event.listens_for(_WindowSession, "after_flush")
-def _window_flushed(session: Session, context: Any) -> None:
-    session.info[_WROTE] = True
-
-
-@event.listens_for(_WindowSession, "do_orm_execute")
-def _window_executed(state: Any) -> None:
-    if not state.is_select:
-        state.session.info[_WROTE] = True
-
-
-@event.listens_for(_WindowSession, "after_commit")
-def _window_commit(session: Session) -> None:
-    if session.info.pop(_WROTE, False):
-        record_write(0)
-
-
-@event.listens_for(_WindowSession, "after_rollback")
-def _window_forget(session: Session) -> None:
-    session.info.pop(_WROTE, None)

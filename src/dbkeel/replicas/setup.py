@@ -1,4 +1,10 @@
-"""Start and stop the replica engines, the router and its prober for a manager."""
+"""Start and stop the replica engines, the router and its prober for a manager.
+
+Each replica engine gets what the primary's gets: the key ring, the query-insight
+listeners (statistics, comment tags, spans) and, with monitoring on, a
+:class:`~dbkeel.PoolMonitor` and the slow-query log, labelled with the node's name
+(``replica-1``...) and ``host:port``.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dbkeel.encryption.keys import KeyRing
 from dbkeel.engine import create_engine
+from dbkeel.insight.install import install_engine_insight
+from dbkeel.monitoring.pool import PoolMonitor
+from dbkeel.monitoring.slow_queries import SlowQueryLog
 from dbkeel.replicas.prober import probe_once, run_prober
 from dbkeel.replicas.router import ReplicaRouter
 from dbkeel.settings import DatabaseSettings
@@ -33,6 +42,19 @@ async def start_replicas(
         install_key_ring(engine, key_ring)
         engines.append(engine)
     router = ReplicaRouter(settings, primary, engines)
+    for node, url in zip(router.nodes, settings.replica_url_list, strict=True):
+        install_engine_insight(node.engine, settings)
+        if settings.effective_monitoring:
+            # before the first probe, so its connect time is counted too
+            options = PoolMonitor.options_from_settings(settings, node=node.name, url=url)
+            node.monitor = PoolMonitor.setup_listeners(node.engine, options)
+            if settings.slow_query_threshold > 0:
+                SlowQueryLog.setup(
+                    node.engine,
+                    settings.slow_query_threshold,
+                    log_parameters=settings.log_parameters,
+                    app_name=settings.app_name,
+                )
     # A replica that is down at startup is not an error: reads go to the primary.
     await probe_once(router)
     task = asyncio.get_running_loop().create_task(run_prober(router), name="dbkeel-replica-probe")

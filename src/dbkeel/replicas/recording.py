@@ -1,0 +1,125 @@
+"""Read-write sessions that note this context's committed writes, for read-your-writes.
+
+Whether a transaction wrote is decided per statement on the primary's engine
+(``before_cursor_execute``), so every way of writing counts: ORM flushes, ``insert()``
+/ ``update()`` / ``delete()``, DDL, and a write through ``session.connection()``. A
+``text()`` or driver-level statement counts as a write unless it starts with ``SELECT``,
+``SHOW``, ``VALUES`` or ``TABLE`` (after leading comments); ``WITH`` counts as a write,
+since a CTE may modify rows. A ``SELECT`` that writes only through a function it calls
+(``SELECT nextval(...)``) is not seen as one.
+
+``lsn`` mode (:class:`RecordingSession`): after COMMIT of a transaction that wrote, the
+commit's WAL position is read on the same connection, before it returns to the pool,
+with the driver's own call (one round trip, no transaction). ``window`` mode
+(:class:`WindowSession`): the time of the commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine, ExecutionContext
+from sqlalchemy.engine.default import DefaultExecutionContext
+from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.util import await_
+
+from dbkeel.mixins.session import DbkeelSession
+from dbkeel.replicas.tokens import parse_lsn, record_write
+
+__all__ = ["RecordingSession", "WindowSession", "is_write", "watch_writes"]
+
+logger = logging.getLogger(__name__)
+
+_WROTE = "dbkeel_wrote"  # Connection.info: the current transaction wrote
+_CONNECTION = "dbkeel_connection"  # Session.info: the connection of its transaction
+# leading blanks and comments, then a keyword of a statement that only reads
+_READS = re.compile(
+    r"(?:\s+|/\*.*?\*/|--[^\n]*(?:\n|$))*(?:SELECT|SHOW|VALUES|TABLE)\b", re.I | re.S
+)
+
+
+def is_write(context: ExecutionContext | None, statement: str) -> bool:
+    """True when the statement about to run may change data (see the module doc)."""
+    if not isinstance(context, DefaultExecutionContext):
+        return _READS.match(statement) is None
+    if context.isinsert or context.isupdate or context.isdelete or context.isddl:
+        return True
+    if context.is_text:
+        return _READS.match(statement) is None
+    return False  # a compiled SELECT
+
+
+def _note_write(
+    conn: Connection,
+    cursor: Any,
+    statement: str,
+    parameters: Any,
+    context: ExecutionContext | None,
+    executemany: bool,
+) -> None:
+    if is_write(context, statement):
+        conn.info[_WROTE] = True
+
+
+def watch_writes(engine: Engine) -> None:
+    """Mark the connections of *engine* (the primary's) whose transaction wrote."""
+    if not event.contains(engine, "before_cursor_execute", _note_write):
+        event.listen(engine, "before_cursor_execute", _note_write)
+
+
+def _begun(session: Session, trans: SessionTransaction, connection: Any) -> None:
+    connection.info.pop(_WROTE, None)  # a flag left by a use outside a session
+    session.info[_CONNECTION] = connection
+
+
+def _wrote(session: Session) -> Any:
+    """The connection of the session's transaction if that transaction wrote, else None."""
+    connection = session.info.pop(_CONNECTION, None)
+    if connection is None or not connection.info.pop(_WROTE, False):
+        return None
+    return connection
+
+
+def _forget(session: Session) -> None:
+    connection = session.info.pop(_CONNECTION, None)
+    if connection is not None:
+        connection.info.pop(_WROTE, None)
+
+
+class RecordingSession(DbkeelSession):
+    """A read-write session that notes the commit's WAL position (``lsn`` mode)."""
+
+
+@event.listens_for(RecordingSession, "after_commit")
+def _record_commit_lsn(session: Session) -> None:
+    connection = _wrote(session)
+    if connection is None:
+        return
+    try:
+        driver = connection.connection.driver_connection
+        lsn = await_(driver.fetchval("SELECT pg_current_wal_insert_lsn()::text"))
+    except Exception:
+        # The commit succeeded; without its position, the next read of this context
+        # goes to the primary (safe) instead of failing the request.
+        logger.warning("could not read the commit's WAL position", exc_info=True)
+        record_write(1 << 63)
+        return
+    record_write(parse_lsn(lsn))
+
+
+class WindowSession(DbkeelSession):
+    """A read-write session that notes the time of each committed write (``window`` mode)."""
+
+
+@event.listens_for(WindowSession, "after_commit")
+def _record_commit_time(session: Session) -> None:
+    if _wrote(session) is not None:
+        record_write(0)
+
+
+for _cls in (RecordingSession, WindowSession):
+    event.listen(_cls, "after_begin", _begun)
+    event.listen(_cls, "after_rollback", _forget)
