@@ -36,7 +36,7 @@ async def test_dropped_clients_leave_no_connection_or_transaction(
         async with httpx.AsyncClient(base_url=base, timeout=10) as client:
             ids = []
             for i in range(10):
-                made = await client.post("/notes", json={"slug": f"n{i}", "body": "x"})
+                made = await client.post("/notes", json={"slug": f"n{i}-{app_name}", "body": "x"})
                 assert made.status_code == 201, made.text
                 ids.append(made.json()["id"])
 

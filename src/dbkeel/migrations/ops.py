@@ -29,7 +29,8 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import MetaData, text
+from sqlalchemy import Column, Index, MetaData, Table, text
+from sqlalchemy.types import NullType
 
 from dbkeel.exceptions import MissingDependencyError
 
@@ -75,6 +76,10 @@ class CreateSoftDeleteUniqueOp(MigrateOperation):
     def reverse(self) -> DropSoftDeleteUniqueOp:
         return DropSoftDeleteUniqueOp(self.index_name, self.table_name, self.columns)
 
+    def to_diff_tuple(self) -> tuple[str, Index]:
+        # what `alembic check` / `dbkeel migrations check` report
+        return ("add_index", _index(self.index_name, self.table_name, self.columns))
+
 
 @Operations.register_operation("drop_soft_delete_unique")
 class DropSoftDeleteUniqueOp(MigrateOperation):
@@ -96,6 +101,14 @@ class DropSoftDeleteUniqueOp(MigrateOperation):
 
     def reverse(self) -> CreateSoftDeleteUniqueOp:
         return CreateSoftDeleteUniqueOp(self.index_name, self.table_name, self.columns)
+
+    def to_diff_tuple(self) -> tuple[str, Index]:
+        return ("remove_index", _index(self.index_name, self.table_name, self.columns))
+
+
+def _index(name: str, table_name: str, columns: Sequence[str]) -> Index:
+    table = Table(table_name, MetaData(), *(Column(c, NullType()) for c in columns))
+    return Index(name, *(table.c[c] for c in columns), unique=True)
 
 
 @Operations.implementation_for(CreateSoftDeleteUniqueOp)
