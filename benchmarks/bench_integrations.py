@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import statistics
 import sys
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -19,7 +21,7 @@ import httpx
 from benchmarks._harness import PG_URL, SMOKE, compare, console
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.uvicorn_support import serve  # the project root is on sys.path now
+from tests.uvicorn_support import PIDS, serve  # the project root is on sys.path now
 
 CLIENTS = 50
 POOL_SIZE = "10"
@@ -35,7 +37,15 @@ async def _seed(base: str) -> list[str]:
         return ids
 
 
-def _load(base: str, ids: list[str], per_client: int, errors: list[str]) -> object:
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process *pid* so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _load(
+    base: str, ids: list[str], per_client: int, errors: list[str], cpu: list[float]
+) -> object:
     async def one_client(client: httpx.AsyncClient, n: int) -> int:
         for i in range(per_client):
             try:
@@ -54,8 +64,12 @@ def _load(base: str, ids: list[str], per_client: int, errors: list[str]) -> obje
 
     async def run() -> int:
         limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
+        before = _cpu_seconds(PIDS[base])
         async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as client:
             done = await asyncio.gather(*(one_client(client, n) for n in range(CLIENTS)))
+        # the server's CPU per request: on a shared, loaded machine far steadier than
+        # requests/s, which other processes' load moves by tens of percent
+        cpu.append((_cpu_seconds(PIDS[base]) - before) / sum(done))
         return sum(done)
 
     return run
@@ -64,6 +78,7 @@ def _load(base: str, ids: list[str], per_client: int, errors: list[str]) -> obje
 async def main() -> None:
     per_client = int(os.environ.get("DBKEEL_BENCH_INTEGRATIONS_REQUESTS", "2" if SMOKE else "40"))
     errors: dict[str, list[str]] = {"dbkeel install()": [], "hand-made": []}
+    cpu: dict[str, list[float]] = {"dbkeel install()": [], "hand-made": []}
     # production: the profile a service runs under (development adds nothing to measure)
     env = {
         "ENVIRONMENT": "production",
@@ -77,7 +92,8 @@ async def main() -> None:
         bases = {"dbkeel install()": dbkeel_base, "hand-made": hand_base}
         ids = await _seed(dbkeel_base)
         candidates = {
-            name: _load(base, ids, per_client, errors[name]) for name, base in bases.items()
+            name: _load(base, ids, per_client, errors[name], cpu[name])
+            for name, base in bases.items()
         }
         rows = await compare(
             f"FastAPI example app under uvicorn, {CLIENTS} clients x {per_client} requests",
@@ -90,6 +106,13 @@ async def main() -> None:
             for name, base in bases.items():
                 left = (await client.get(f"{base}/health/ready")).json()["pool"]["checked_out"]
                 console.print(f"{name}: {len(errors[name])} error(s), {left} checked out after")
+                for error, times in Counter(e[:100] for e in errors[name]).most_common(3):
+                    console.print(f"    {times} x {error}")
         by_name = {r.name: r for r in rows}
         ratio = by_name["dbkeel install()"].ops_per_s / by_name["hand-made"].ops_per_s
         console.print(f"requests/s ratio dbkeel / hand-made: {ratio:.3f}")
+        per_request = {name: statistics.median(values) for name, values in cpu.items()}
+        for name, value in per_request.items():
+            console.print(f"{name}: server CPU {value * 1e6:.0f} us/request (median of rounds)")
+        cpu_ratio = per_request["hand-made"] / per_request["dbkeel install()"]
+        console.print(f"CPU-bound requests/s ratio (hand-made CPU / dbkeel CPU): {cpu_ratio:.3f}")

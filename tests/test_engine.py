@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.pool import AsyncAdaptedQueuePool, NullPool, StaticPool
 
+import dbkeel.engine
 from dbkeel import DatabaseManager
 from dbkeel.engine import build_engine_options, create_engine
 from tests.conftest import make_settings
@@ -30,7 +32,9 @@ def test_production_profile_uses_every_pool_knob(pg_url: str) -> None:
     assert pool._max_overflow == 3
     assert pool._timeout == 4
     assert pool._recycle == 120
-    assert pool._pre_ping is True
+    # asyncpg: pre-ping by dbkeel's checkout hook (SQLAlchemy's costs three round trips)
+    assert pool._pre_ping is False
+    assert build_engine_options(s).checkout_ping is True
     assert pool._pool.use_lifo is True  # type: ignore[attr-defined]
 
 
@@ -170,3 +174,44 @@ def test_pgbouncer_mode_says_where_statement_timeout_went(pg_url: str) -> None:
     assert any("ALTER ROLE" in note for note in options.notes)
     psycopg = make_settings(pg_url.replace("asyncpg", "psycopg"), pgbouncer=True)
     assert build_engine_options(psycopg).kwargs["connect_args"]["prepare_threshold"] is None
+
+
+async def _backend_pid(db: DatabaseManager) -> int:
+    async with db.get_session() as session:
+        return int(await session.scalar(text("SELECT pg_backend_pid()")) or 0)
+
+
+async def test_asyncpg_pre_ping_replaces_a_connection_the_server_closed(
+    pg_url: str, pg_db: DatabaseManager
+) -> None:
+    settings = make_settings(pg_url, environment="production", pool_size=1, max_overflow=0)
+    async with DatabaseManager(settings) as db:
+        pid = await _backend_pid(db)
+        async with pg_db.get_session() as admin:
+            assert await admin.scalar(text(f"SELECT pg_terminate_backend({pid})")) is True
+        await asyncio.sleep(0.2)  # the client reads the server's goodbye
+        # used a moment ago, so not pinged: asyncpg already knows the socket is closed
+        assert await _backend_pid(db) not in (0, pid)
+
+
+async def test_asyncpg_pre_ping_pings_only_connections_that_sat_idle(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = make_settings(pg_url, environment="production", pool_size=1, max_overflow=0)
+    async with DatabaseManager(settings) as db:
+        dialect = db.engine.sync_engine.dialect
+        pings: list[object] = []
+        real_ping = dialect.do_ping
+
+        def counting_ping(dbapi_connection: object) -> bool:
+            pings.append(dbapi_connection)
+            return real_ping(dbapi_connection)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(dialect, "do_ping", counting_ping)
+        first = await _backend_pid(db)  # a new connection: proven by connecting
+        assert await _backend_pid(db) == first  # back a moment ago: no ping
+        assert pings == []
+        monkeypatch.setattr(dbkeel.engine, "PING_IDLE_AFTER", 0.05)
+        await asyncio.sleep(0.1)
+        assert await _backend_pid(db) == first  # idle long enough: pinged, still good
+        assert len(pings) == 1

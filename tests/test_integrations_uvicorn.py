@@ -6,9 +6,11 @@ import asyncio
 import secrets
 
 import httpx
+import pytest
 from sqlalchemy import text
 
 from dbkeel import DatabaseManager
+from tests.test_example_notes import EXAMPLES
 from tests.uvicorn_support import serve
 
 
@@ -25,15 +27,16 @@ async def _open_on_server(db: DatabaseManager, app_name: str) -> list[str]:
         return [r[0] for r in rows]
 
 
+@pytest.mark.parametrize("module", EXAMPLES)
 async def test_dropped_clients_leave_no_connection_or_transaction(
-    pg_db: DatabaseManager, pg_url: str
+    pg_db: DatabaseManager, pg_url: str, module: str
 ) -> None:
     app_name = f"dbkeel-cancel-{secrets.token_hex(3)}"
-    with serve(pg_url, app_name) as base:
+    with serve(pg_url, app_name, module) as base:
         async with httpx.AsyncClient(base_url=base, timeout=10) as client:
             ids = []
             for i in range(10):
-                made = await client.post("/notes", json={"slug": f"n{i}", "body": "x"})
+                made = await client.post("/notes", json={"slug": f"n{i}-{app_name}", "body": "x"})
                 assert made.status_code == 201, made.text
                 ids.append(made.json()["id"])
 
@@ -41,10 +44,14 @@ async def test_dropped_clients_leave_no_connection_or_transaction(
             # the client gives up after 0.3 s; the server is inside pg_sleep(3), mid-transaction
             async with httpx.AsyncClient(base_url=base, timeout=0.3) as impatient:
                 try:
-                    await impatient.post(f"/notes/{note_id}/slow-touch", params={"seconds": 3})
+                    answer = await impatient.post(
+                        f"/notes/{note_id}/slow-touch", params={"seconds": 3}
+                    )
                 except httpx.TimeoutException:
                     return
-                raise AssertionError("the slow request answered before the client timeout")
+                raise AssertionError(
+                    f"the slow request answered before the client timeout: {answer.text}"
+                )
 
         await asyncio.gather(*(drop(i) for i in ids))
         assert await _open_on_server(pg_db, app_name), "no transaction was open mid-request"

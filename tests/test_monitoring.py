@@ -13,6 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
+import dbkeel.engine
 from dbkeel import ConfigurationError, DatabaseManager, PoolExhaustedError, PoolMonitor
 from dbkeel.monitoring import MonitorOptions
 from tests.conftest import make_settings
@@ -259,6 +260,8 @@ async def test_terminated_backends_are_invalidations_and_pre_ping_recovers(
     finally:
         await admin.dispose()
     assert killed == 3
+    # past the window in which a connection just returned is trusted without a ping
+    await asyncio.sleep(dbkeel.engine.PING_IDLE_AFTER + 0.1)
 
     async def request() -> int:
         async with pg_pool.get_session() as session:

@@ -14,6 +14,8 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+#: base URL -> pid of the uvicorn process serving it (benchmarks read its CPU time)
+PIDS: dict[str, int] = {}
 
 
 def free_port() -> int:
@@ -52,8 +54,10 @@ def serve(
             if time.monotonic() > deadline:
                 raise AssertionError("uvicorn did not answer /health/live within 30 s")
             time.sleep(0.1)
+        PIDS[base] = proc.pid
         yield base
     finally:
+        PIDS.pop(base, None)
         proc.terminate()
         try:
             proc.wait(timeout=15)

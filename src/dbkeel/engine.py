@@ -17,11 +17,13 @@ driver: asyncpg's ``server_settings`` crash psycopg and aiosqlite, and vice vers
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
+from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, NullPool, Pool, StaticPool
 
@@ -40,6 +42,9 @@ logger = logging.getLogger(__name__)
 STRICT_SQL_MODE = "TRADITIONAL,NO_ENGINE_SUBSTITUTION"
 _DEV_POOL_SIZE = 5
 _DEV_MAX_OVERFLOW = 2
+#: asyncpg pre-ping: a connection back in the pool for less than this is not pinged.
+PING_IDLE_AFTER = 0.5
+_RETURNED_AT = "dbkeel_returned_at"
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,8 @@ class EngineOptions:
     sqlite_pragmas: tuple[str, ...] = ()
     session_sql: tuple[str, ...] = ()
     mysql_statement_timeout: float | None = None
+    #: pre-ping done by dbkeel's checkout hook instead of SQLAlchemy's (asyncpg)
+    checkout_ping: bool = False
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -95,8 +102,14 @@ def build_engine_options(settings: DatabaseSettings) -> EngineOptions:
     pragmas: tuple[str, ...] = ()
     session_sql: tuple[str, ...] = ()
 
+    checkout_ping = False
     if driver == "asyncpg":
         connect_args, url = _asyncpg_args(settings, url, kwargs)
+        # SQLAlchemy's asyncpg ping is BEGIN; ";"; ROLLBACK - three round trips on every
+        # checkout, as many as the request's own work. See _install_checkout_ping.
+        checkout_ping = bool(kwargs.get("pool_pre_ping"))
+        if checkout_ping:
+            kwargs["pool_pre_ping"] = False
     elif driver == "psycopg":
         connect_args = _psycopg_args(settings)
     elif driver == "aiosqlite":
@@ -133,6 +146,7 @@ def build_engine_options(settings: DatabaseSettings) -> EngineOptions:
         sqlite_pragmas=pragmas,
         session_sql=session_sql,
         mysql_statement_timeout=statement_timeout,
+        checkout_ping=checkout_ping,
         notes=notes,
     )
 
@@ -153,6 +167,8 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
         _install_sqlite_hooks(engine, options.sqlite_pragmas, autocommit_default=autocommit)
     if options.session_sql:
         _install_session_sql(engine, options.session_sql, options.mysql_statement_timeout)
+    if options.checkout_ping:
+        _install_checkout_ping(engine)
     return engine
 
 
@@ -280,3 +296,42 @@ def _install_session_sql(
                 cursor.execute(statement)
         finally:
             cursor.close()
+
+
+def _install_checkout_ping(engine: AsyncEngine) -> None:
+    """Pre-ping for asyncpg at the price of a method call on a busy pool.
+
+    A connection the server closed (restart, failover, ``pg_terminate_backend``,
+    ``idle_session_timeout``) is already known closed to asyncpg when the event loop saw
+    the socket's EOF: that check is free and made at every checkout. A connection idle
+    for :data:`PING_IDLE_AFTER` seconds or more is also pinged, as ``pool_pre_ping``
+    does, for what only a round trip shows (a dropped network path). A connection used
+    a moment ago is handed out as is, as HikariCP does (``aliveBypassWindowMs``, 500 ms):
+    a server that kills it in that window fails one statement, which invalidates the
+    pool. A failed check raises ``InvalidatePoolError``, as
+    SQLAlchemy's failed pre-ping does: the pool replaces the connection, marks the older
+    ones for replacement, and checks out again.
+    """
+    sync_engine = engine.sync_engine
+    dialect = sync_engine.dialect
+
+    @event.listens_for(sync_engine.pool, "checkin")
+    def _returned(dbapi_connection: DBAPIConnection | None, record: ConnectionPoolEntry) -> None:
+        if dbapi_connection is not None:
+            record.info[_RETURNED_AT] = time.monotonic()
+
+    @event.listens_for(sync_engine.pool, "checkout")
+    def _check(dbapi_connection: DBAPIConnection, record: ConnectionPoolEntry, proxy: Any) -> None:
+        driver = getattr(dbapi_connection, "driver_connection", None)
+        if driver is not None and driver.is_closed():
+            # like a failed pre-ping: the pool's older connections are suspect too
+            raise InvalidatePoolError("the server closed this pooled connection")
+        returned = record.info.get(_RETURNED_AT)  # None: a new connection, just proven
+        if returned is None or time.monotonic() - returned < PING_IDLE_AFTER:
+            return
+        try:
+            dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            if dialect.is_disconnect(exc, dbapi_connection, None):  # type: ignore[arg-type]
+                raise InvalidatePoolError(f"pre-ping failed: {exc}") from exc
+            raise

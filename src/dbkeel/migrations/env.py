@@ -24,6 +24,7 @@ from sqlalchemy.engine import Connection
 from dbkeel.engine import create_engine
 from dbkeel.exceptions import MissingDependencyError
 from dbkeel.migrations.hooks import include_object_for, render_item
+from dbkeel.migrations.ops import soft_delete_rewriter
 from dbkeel.settings import DatabaseSettings
 
 try:
@@ -44,6 +45,9 @@ def configure_options(metadata: MetaData | None, dialect_name: str) -> dict[str,
         "compare_server_default": False,
         # SQLite alters tables by copying them: autogenerate writes batch operations
         "render_as_batch": dialect_name == "sqlite",
+        # soft_delete_unique() indexes as op.create_soft_delete_unique(): right on MariaDB
+        # too, whichever database the migration was generated on
+        "process_revision_directives": soft_delete_rewriter,
     }
 
 

@@ -135,9 +135,10 @@ def soft_delete_unique(*columns: str, name: str | None = None) -> Index:
 
     A partial index (``WHERE is_deleted = false``) on PostgreSQL and SQLite. MariaDB
     has no partial indexes, so there the index is not created and uniqueness among
-    live rows is not enforced by the database: check it in the application. Alembic
-    autogenerate leaves it out there too when ``env.py`` uses dbkeel's hooks
-    (``dbkeel migrations init``). Recognisable
+    live rows is not enforced by the database: check it in the application. In
+    migrations write it as ``op.create_soft_delete_unique(...)``
+    (:mod:`dbkeel.migrations.ops`; autogenerate does so with ``dbkeel migrations
+    init``'s env.py), which follows ``create_all`` on each dialect. Recognisable
     from metadata by ``index.info["dbkeel.soft_delete_unique"]``.
 
     Example::
