@@ -123,8 +123,11 @@ class PatroniCluster:
         log = open(self.home / f"{name}.log", "wb")  # noqa: SIM115  # owned by the process
         try:
             # own process group: stop() ends the process and whatever it spawned, by id
+            # cwd: the rig's own directory. The checkout's may be unreadable to the
+            # postgres user (a clone in a root-only mktemp -d), and initdb then never
+            # finishes Patroni's bootstrap.
             process = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.home
             )
         finally:
             log.close()

@@ -158,15 +158,7 @@ def _stored(rows: str) -> list[int]:
 @pytest.fixture(scope="module")
 def patroni() -> Iterator[PatroniCluster]:
     started = time.monotonic()
-    try:
-        rig = PatroniCluster.build(n_nodes=3)
-    except RuntimeError as exc:
-        # Seen once in a full CI run: node1 stuck in "bootstrap in progress" with etcd
-        # "connection problems" for 90 s (a spare port taken meanwhile is the suspect);
-        # a fresh cluster on other ports came up. The rig's setup is retried once, the
-        # failover under test never is.
-        print(f"\npatroni rig failed to come up, building it again: {str(exc)[:300]}")
-        rig = PatroniCluster.build(n_nodes=3)
+    rig = PatroniCluster.build(n_nodes=3)
     print(f"\npatroni cluster (etcd + 3 nodes) built in {time.monotonic() - started:.1f} s")
     try:
         yield rig
