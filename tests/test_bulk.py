@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import enum
+import gc
 import itertools
 import time
 import uuid
@@ -756,25 +757,39 @@ async def test_copy_of_a_list_leaves_the_event_loop_free_and_honours_a_timeout(
     gaps: list[float] = []
     loop = asyncio.get_running_loop()
 
+    collecting = [0.0, 0.0]  # [thread CPU spent in the garbage collector, its start]
+
+    def gc_timer(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            collecting[1] = time.thread_time()
+        else:
+            collecting[0] += time.thread_time() - collecting[1]
+
     async def ticker() -> None:
         # Gaps in this thread's CPU time, not wall time: a stall is the loop busy in
         # our code without yielding; a wall-clock gap can also be the OS running other
-        # processes on a loaded CI machine, which no code of ours can prevent.
-        last = time.thread_time()
+        # processes on a loaded CI machine, which no code of ours can prevent. The
+        # garbage collector's full passes over the test's own 200k input rows (0.2-0.6
+        # s each on a busy machine) are the interpreter's, not a missing yield: not counted.
+        last, last_gc = time.thread_time(), collecting[0]
         while True:
             await asyncio.sleep(0.005)
-            now = time.thread_time()
-            gaps.append(now - last)
-            last = now
+            now, now_gc = time.thread_time(), collecting[0]
+            gaps.append((now - last) - (now_gc - last_gc))
+            last, last_gc = now, now_gc
 
+    gc.callbacks.append(gc_timer)
     tick = asyncio.create_task(ticker())
     started = loop.time()
-    async with pg_tables.get_session() as session:
-        await bulk_insert(session, Thing, rows, method="copy")
-    took = loop.time() - started
-    tick.cancel()
+    try:
+        async with pg_tables.get_session() as session:
+            await bulk_insert(session, Thing, rows, method="copy")
+    finally:
+        took = loop.time() - started
+        tick.cancel()
+        gc.callbacks.remove(gc_timer)
     assert took > 0.5, f"the load took {took:.2f} s: too short to show a stall"
-    assert max(gaps) < 0.2, (
+    assert max(gaps) < 0.1, (
         f"the event loop ran {max(gaps):.2f} s of CPU without yielding during a {took:.2f} s load"
     )
 
