@@ -154,6 +154,16 @@ async def run_backend(label: str, server_url: str) -> None:
             f"{per_test[name] / per_test['dbkeel sandbox']:.1f}x",
         )
     console.print(table)
+    if url.get_backend_name() == "postgresql":
+        sandbox, truncate_cost = cost["dbkeel sandbox"], cost["TRUNCATE"]
+        # "20x cheaper" read as: the sandbox's cost is at most a twentieth of TRUNCATE's
+        # (a sandbox cheaper than committing, cost < 0, meets it with any TRUNCATE cost)
+        met = sandbox <= 0.002 and sandbox <= truncate_cost / 20
+        console.print(
+            f"goal (issue 15): sandbox cost {sandbox * 1000:+.2f} ms <= 2 ms and <= "
+            f"TRUNCATE's / 20 = {truncate_cost / 20 * 1000:+.2f} ms: "
+            f"{'met' if met else 'NOT met'}"
+        )
 
 
 def _fresh_database(url: URL, target: str, settings: DatabaseSettings) -> Candidate | None:

@@ -158,6 +158,29 @@ def mariadb_url(test_databases: TestDatabases) -> str:
     return test_databases.url("mariadb")
 
 
+# -- test modules written on dbkeel's own pytest plugin (dbkeel.testing, issue 15) -------
+# Their models' Base classes share this MetaData (``metadata = PLUGIN_METADATA``): the
+# plugin creates its tables once per backend per run, and every test runs in its own
+# transaction, rolled back at the end, instead of creating and dropping tables per test.
+# A test asks for ``dbkeel_db``; it then runs once per backend, like ``db``'s tests.
+PLUGIN_METADATA = MetaData()
+
+
+@pytest.fixture(scope="session")
+def dbkeel_metadata() -> MetaData:
+    return PLUGIN_METADATA
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def dbkeel_url(request: pytest.FixtureRequest, test_databases: TestDatabases) -> str:
+    """A database the plugin creates (and drops) next to this run's own, per backend."""
+    server = test_databases.url(request.param)  # fails naming the server if unreachable
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{test_databases.tmp_dir / 'plugin_test.sqlite3'}"
+    url = make_url(server).set(database=f"{test_databases.name}_plugin")
+    return url.render_as_string(hide_password=False)
+
+
 def make_settings(url: str, **overrides: Any) -> DatabaseSettings:
     """Test-profile settings for *url* (NullPool) unless overridden."""
     values: dict[str, Any] = {

@@ -1,4 +1,8 @@
-"""SoftDeleteMixin: automatic filtering, each gap from pitfalls.md, opt-out, helpers."""
+"""SoftDeleteMixin: automatic filtering, each gap from pitfalls.md, opt-out, helpers.
+
+Written on dbkeel's pytest plugin: the tables exist once per backend, each test runs in
+its own transaction (``dbkeel_db``), rolled back at the end.
+"""
 
 from __future__ import annotations
 
@@ -19,13 +23,13 @@ from sqlalchemy.orm import (
 
 from dbkeel import DatabaseManager
 from dbkeel.mixins import SoftDeleteMixin, purge_deleted, soft_delete_unique
-from tests.conftest import CreateTables
+from tests.conftest import PLUGIN_METADATA
 
 ALL = {"include_deleted": True}
 
 
 class Base(DeclarativeBase):
-    pass
+    metadata = PLUGIN_METADATA
 
 
 tags_posts = Table(
@@ -63,10 +67,10 @@ class Tag(SoftDeleteMixin, Base):
 
 
 @pytest.fixture
-async def blog(db: DatabaseManager, create_tables: CreateTables) -> DatabaseManager:
+async def blog(dbkeel_db: DatabaseManager) -> DatabaseManager:
     """Author 1 (live) with posts 1 (live) and 2 (deleted); author 2 deleted with post 3;
     post 1 tagged with tags 1 (live) and 2 (deleted)."""
-    await create_tables(db, Base.metadata)
+    db = dbkeel_db
     async with db.get_session() as s:
         a1, a2 = Author(id=1, email="a@x"), Author(id=2, email="b@x")
         t1, t2 = Tag(id=1, name="live"), Tag(id=2, name="gone")
@@ -217,13 +221,11 @@ async def test_purge_rejects_a_negative_age(blog: DatabaseManager) -> None:
             await purge_deleted(s, Post, older_than=dt.timedelta(days=-1))
 
 
-async def test_unique_helper_lets_a_deleted_value_be_reused(
-    blog: DatabaseManager, backend: str
-) -> None:
+async def test_unique_helper_lets_a_deleted_value_be_reused(blog: DatabaseManager) -> None:
     # author 2 (b@x) is soft-deleted: a new live b@x is fine everywhere
     async with blog.get_session() as s:
         s.add(Author(id=3, email="b@x"))
-    if backend == "mariadb":
+    if blog.engine.dialect.name == "mysql":
         # MariaDB has no partial index: the helper creates none, duplicates are not caught
         async with blog.get_session() as s:
             s.add(Author(id=4, email="b@x"))

@@ -17,11 +17,11 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from dbkeel import ConfigurationError, DatabaseManager, InvalidValueError
 from dbkeel.types import JSONBType, StringArray
-from tests.conftest import CreateTables
+from tests.conftest import PLUGIN_METADATA
 
 
 class Base(DeclarativeBase):
-    pass
+    metadata = PLUGIN_METADATA  # dbkeel's pytest plugin creates the table once per run
 
 
 class Doc(Base):
@@ -34,9 +34,9 @@ class Doc(Base):
 
 
 async def test_json_null_is_stored_as_json_null_and_none_as_sql_null(
-    db: DatabaseManager, create_tables: CreateTables
+    dbkeel_db: DatabaseManager
 ) -> None:
-    await create_tables(db, Base.metadata)
+    db = dbkeel_db
     async with db.get_session() as session:
         session.add(Doc(id=1, body=JSON.NULL))
         session.add(Doc(id=2, body=None))
@@ -55,9 +55,9 @@ async def test_json_null_is_stored_as_json_null_and_none_as_sql_null(
     "value", ["a\x00b", {"k": "x\x00"}, {"ke\x00y": 1}, [1, ["deep\x00"]]], ids=repr
 )
 async def test_nul_character_is_refused_before_the_database_sees_it(
-    db: DatabaseManager, create_tables: CreateTables, value: Any
+    dbkeel_db: DatabaseManager, value: Any
 ) -> None:
-    await create_tables(db, Base.metadata)
+    db = dbkeel_db
     with pytest.raises(InvalidValueError, match=r"U\+0000") as info:
         async with db.get_session() as session:
             session.add(Doc(id=1, body={"v": value}, secret="tok-SECRET-other-param"))
@@ -69,9 +69,9 @@ async def test_nul_character_is_refused_before_the_database_sees_it(
 
 
 async def test_escaped_backslash_before_u0000_is_not_a_nul(
-    db: DatabaseManager, create_tables: CreateTables
+    dbkeel_db: DatabaseManager
 ) -> None:
-    await create_tables(db, Base.metadata)
+    db = dbkeel_db
     text = "C:\\u0000dir"  # a backslash, then the letters u0000: legal everywhere
     async with db.get_session() as session:
         session.add(Doc(id=1, body={"path": text}))
@@ -80,11 +80,11 @@ async def test_escaped_backslash_before_u0000_is_not_a_nul(
 
 
 async def test_unique_over_json_and_array_columns(
-    db: DatabaseManager, create_tables: CreateTables
+    dbkeel_db: DatabaseManager
 ) -> None:
     import sqlalchemy.exc
 
-    await create_tables(db, Base.metadata)
+    db = dbkeel_db
     async with db.get_session() as session:
         session.add(Doc(id=1, body={"a": [1]}, tags=["x"]))
         session.add(Doc(id=2, body={"a": [1]}, tags=["x"]))
