@@ -34,7 +34,7 @@ class Doc(Base):
 
 
 async def test_json_null_is_stored_as_json_null_and_none_as_sql_null(
-    dbkeel_db: DatabaseManager
+    dbkeel_db: DatabaseManager,
 ) -> None:
     db = dbkeel_db
     async with db.get_session() as session:
@@ -68,9 +68,7 @@ async def test_nul_character_is_refused_before_the_database_sees_it(
         assert (await session.scalars(select(Doc))).all() == []  # nothing half-written
 
 
-async def test_escaped_backslash_before_u0000_is_not_a_nul(
-    dbkeel_db: DatabaseManager
-) -> None:
+async def test_escaped_backslash_before_u0000_is_not_a_nul(dbkeel_db: DatabaseManager) -> None:
     db = dbkeel_db
     text = "C:\\u0000dir"  # a backslash, then the letters u0000: legal everywhere
     async with db.get_session() as session:
@@ -79,9 +77,7 @@ async def test_escaped_backslash_before_u0000_is_not_a_nul(
         assert (await session.get_one(Doc, 1)).body == {"path": text}
 
 
-async def test_unique_over_json_and_array_columns(
-    dbkeel_db: DatabaseManager
-) -> None:
+async def test_unique_over_json_and_array_columns(dbkeel_db: DatabaseManager) -> None:
     import sqlalchemy.exc
 
     db = dbkeel_db
