@@ -6,7 +6,8 @@ STAMP  := $(VENV)/.dbkeel-installed
 
 .PHONY: install demo test lint typecheck pytest example-tests bench bench-smoke failover services clean
 
-$(STAMP): pyproject.toml
+# src/dbkeel_pytest.py too: an editable install copies it (it is outside the package)
+$(STAMP): pyproject.toml src/dbkeel_pytest.py
 	@if ! $(PYTHON) -m uv --version >/dev/null 2>&1; then $(PYTHON) -m pip install -q uv; fi
 	$(PYTHON) -m uv venv -q --allow-existing -p $(PYTHON) $(VENV)
 	$(PYTHON) -m uv pip install -q -p $(BIN)/python -e '.[dev]'

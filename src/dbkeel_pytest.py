@@ -32,11 +32,13 @@ if TYPE_CHECKING:
 
     from dbkeel.manager import DatabaseManager
     from dbkeel.testing.database import TestDatabase
+    from dbkeel.testing.queries import QueryLog
 
 __all__ = [
     "dbkeel_app_manager",
     "dbkeel_database",
     "dbkeel_metadata",
+    "dbkeel_queries",
     "dbkeel_url",
     "pytest_addoption",
     "pytest_configure",
@@ -176,6 +178,18 @@ def dbkeel_database(
     finally:
         if not pytestconfig.getoption("dbkeel_keep"):
             database.drop()
+
+
+@pytest.fixture
+def dbkeel_queries(dbkeel_db: DatabaseManager) -> Iterator[QueryLog]:
+    """The statements this test sends to the database (``dbkeel.testing.QueryLog``):
+    ``with dbkeel_queries.assert_max(2): ...`` fails listing the SQL if a block sends
+    more; ``len(dbkeel_queries)`` and ``dbkeel_queries.statements`` for the whole test.
+    The sandbox's own SAVEPOINTs are not counted."""
+    from dbkeel.testing.queries import QueryLog
+
+    with QueryLog(dbkeel_db) as log:
+        yield log
 
 
 # -- async fixtures, in the loop scope of the user's pytest-asyncio configuration --------

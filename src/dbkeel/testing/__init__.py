@@ -7,6 +7,8 @@ test ends. The pieces it is made of work without pytest too:
 
 - :class:`TestDatabase`: create the test database and its schema, drop it at the end.
 - :class:`Sandbox`: one test's transaction, lent to one or more managers.
+- :class:`QueryLog` and :func:`assert_max_queries`: the statements a block sent, for
+  Django-style query-count assertions (the plugin's ``dbkeel_queries`` fixture).
 
 Example (a test, with ``dbkeel_metadata = "app.models:Base.metadata"`` configured)::
 
@@ -18,6 +20,8 @@ Example (a test, with ``dbkeel_metadata = "app.models:Base.metadata"`` configure
 """
 
 from dbkeel.testing.database import TestDatabase as TestDatabase
+from dbkeel.testing.queries import QueryLog as QueryLog
+from dbkeel.testing.queries import assert_max_queries as assert_max_queries
 from dbkeel.testing.sandbox import Sandbox as Sandbox
 
-__all__ = ["Sandbox", "TestDatabase"]
+__all__ = ["QueryLog", "Sandbox", "TestDatabase", "assert_max_queries"]

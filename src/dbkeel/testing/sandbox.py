@@ -264,17 +264,21 @@ def _reuse_savepoint_names(engine: Engine) -> None:
 
     def do_savepoint(connection: Connection, name: str) -> None:
         sandbox: Sandbox | None = connection.info.get(_INFO_KEY)
-        if sandbox is not None:
-            sandbox._savepoints.append(name)
-            name = f"dbkeel_sp_{len(sandbox._savepoints)}"
-        savepoint(connection, name)
+        if sandbox is None:
+            return savepoint(connection, name)
+        sandbox._savepoints.append(name)
+        savepoint(connection, f"dbkeel_sp_{len(sandbox._savepoints)}")
 
     def do_release_savepoint(connection: Connection, name: str) -> None:
         sandbox: Sandbox | None = connection.info.get(_INFO_KEY)
+        if sandbox is None:
+            return release(connection, name)
         release(connection, _sent_name(sandbox, name))
 
     def do_rollback_to_savepoint(connection: Connection, name: str) -> None:
         sandbox: Sandbox | None = connection.info.get(_INFO_KEY)
+        if sandbox is None:
+            return rollback_to(connection, name)
         rollback_to(connection, _sent_name(sandbox, name))
 
     # instance attributes: this engine's dialect only (the engine is the test database's)
@@ -283,11 +287,11 @@ def _reuse_savepoint_names(engine: Engine) -> None:
     dialect.do_rollback_to_savepoint = do_rollback_to_savepoint  # type: ignore[method-assign]
 
 
-def _sent_name(sandbox: Sandbox | None, name: str) -> str:
+def _sent_name(sandbox: Sandbox, name: str) -> str:
     """The name savepoint *name* was sent under. It ends here (released or rolled back
     to: SQLAlchemy never returns to it), and so do those opened after it (the server
     releases them with it), so its depth is free for the next one."""
-    if sandbox is None or name not in sandbox._savepoints:
+    if name not in sandbox._savepoints:
         return name
     depth = sandbox._savepoints.index(name) + 1
     del sandbox._savepoints[depth - 1 :]
