@@ -24,15 +24,16 @@ from __future__ import annotations
 import asyncio
 import shutil
 from pathlib import Path
+from time import perf_counter
 
-from rich.table import Table
-from sqlalchemy import String, func, select, text
+from rich.table import Table as RichTable
+from sqlalchemy import Column, ForeignKey, Integer, MetaData, String, Table, func, select, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import NullPool
 
-from benchmarks._harness import MARIADB_URL, PG_URL, Candidate, compare, console, scaled
+from benchmarks._harness import MARIADB_URL, PG_URL, SMOKE, Candidate, compare, console, scaled
 from dbkeel import DatabaseManager, DatabaseSettings
 from dbkeel.testing import TestDatabase
 
@@ -134,7 +135,7 @@ async def run_backend(label: str, server_url: str) -> None:
             await asyncio.to_thread(template.drop)
     per_test = {r.name: r.median_s / r.ops for r in rows}
     cost = {name: per_test[name] - per_test["no isolation"] for name in per_test}
-    table = Table(
+    table = RichTable(
         title=f"Isolation cost per test, {label}",
         caption="isolation cost = time per test - the no-isolation baseline's (negative: "
         "cheaper than committing); goal (PostgreSQL): sandbox cost <= 2 ms, TRUNCATE's "
@@ -219,8 +220,77 @@ def _fresh_database(url: URL, target: str, settings: DatabaseSettings) -> Candid
     return None
 
 
+SCHEMA_SIZES = (5, 50, 200) if not SMOKE else (3,)
+
+
+def _schema(tables: int) -> MetaData:
+    """*tables* tables in a chain of foreign keys, each with two indexes."""
+    metadata = MetaData()
+    for i in range(tables):
+        parent = [Column("parent_id", ForeignKey(f"dkb_t{i - 1}.id"), index=True)] if i else []
+        Table(
+            f"dkb_t{i}",
+            metadata,
+            Column("id", Integer, primary_key=True),
+            Column("name", String(50), index=True),
+            *parent,
+        )
+    return metadata
+
+
+async def schema_build_vs_template() -> None:
+    """Issue 15: "build once, then clone further databases from it as a template if that
+    is faster; measure". A new database with create_all against CREATE DATABASE ...
+    TEMPLATE of one already built (PostgreSQL 15's default WAL_LOG strategy), best of 3."""
+    admin = create_async_engine(
+        make_url(PG_URL).set(database="postgres"), poolclass=NullPool, isolation_level="AUTOCOMMIT"
+    )
+
+    async def sql(statement: str) -> float:
+        started = perf_counter()
+        async with admin.connect() as conn:
+            await conn.execute(text(statement))
+        return perf_counter() - started
+
+    table = RichTable(
+        title="Test database with its schema, PostgreSQL: build vs clone of a template",
+        caption="build = CREATE DATABASE + create_all; clone = CREATE DATABASE ... TEMPLATE",
+    )
+    for column in ("tables", "build", "clone", "clone / build"):
+        table.add_column(column, justify="right")
+    try:
+        for tables in SCHEMA_SIZES:
+            metadata = _schema(tables)
+            builds, clones = [], []
+            for _ in range(3):
+                await sql("DROP DATABASE IF EXISTS dkbench_schema_tpl WITH (FORCE)")
+                started = perf_counter()
+                await sql("CREATE DATABASE dkbench_schema_tpl")
+                engine = create_async_engine(
+                    make_url(PG_URL).set(database="dkbench_schema_tpl"), poolclass=NullPool
+                )
+                async with engine.begin() as conn:
+                    await conn.run_sync(metadata.create_all)
+                await engine.dispose()
+                builds.append(perf_counter() - started)
+                await sql("DROP DATABASE IF EXISTS dkbench_schema_clone WITH (FORCE)")
+                clones.append(
+                    await sql("CREATE DATABASE dkbench_schema_clone TEMPLATE dkbench_schema_tpl")
+                )
+            build, clone = min(builds), min(clones)
+            ms = (f"{build * 1000:.0f} ms", f"{clone * 1000:.0f} ms")
+            table.add_row(str(tables), *ms, f"{clone / build:.2f}")
+    finally:
+        for name in ("dkbench_schema_clone", "dkbench_schema_tpl"):
+            await sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await admin.dispose()
+    console.print(table)
+
+
 async def main() -> None:
     import tempfile
+
+    await schema_build_vs_template()
 
     with tempfile.TemporaryDirectory() as tmp:
         backends = [
