@@ -11,8 +11,10 @@ figures say where the client's time goes, the benchmarks say what a user sees.
     python -m benchmarks.instructions request_path    # one case
 
 Cases: ``request_path`` (600 requests of bench_request_path's mix, one task),
-``decrypt`` (3 x 10,000 values, dbkeel EncryptedType vs raw AES-GCM) and ``bulk_insert``
-(20,000 rows of bench_bulk's model, dbkeel insert path vs plain ``insert(Model)``).
+``decrypt`` (3 x 10,000 values, dbkeel EncryptedType vs raw AES-GCM), ``bulk_insert``
+(20,000 rows of bench_bulk's model, dbkeel insert path vs plain ``insert(Model)``) and
+``monitoring`` (bench_monitoring's 1000 concurrent requests on a 20 + 10 pool, with and
+without ``PoolMonitor``; concurrency makes this one vary by about a percent).
 Needs valgrind.
 """
 
@@ -32,6 +34,7 @@ CASES: dict[str, tuple[str, str]] = {
     "request_path": ("hand-written SQLAlchemy", "dbkeel get_session"),
     "decrypt": ("raw AESGCM", "dbkeel EncryptedType"),
     "bulk_insert": ("plain insert(Model) list", "dbkeel insert"),
+    "monitoring": ("no monitoring", "PoolMonitor"),
 }
 
 
@@ -147,15 +150,48 @@ async def _bulk_insert(side: int) -> None:
             await conn.run_sync(Base.metadata.drop_all)
 
 
-RUNNERS = {"request_path": _request_path, "decrypt": _decrypt, "bulk_insert": _bulk_insert}
+async def _monitoring(side: int) -> None:
+    from sqlalchemy import text
+
+    from benchmarks.bench_monitoring import MAX_OVERFLOW, POOL_SIZE
+    from dbkeel import DatabaseManager, DatabaseSettings, PoolMonitor
+
+    settings = DatabaseSettings(
+        database_url=_harness.PG_URL, environment="production", pool_size=POOL_SIZE,
+        max_overflow=MAX_OVERFLOW, app_name="dbkeel-bench", monitoring=False,
+    )  # fmt: skip
+    async with DatabaseManager(settings) as db:
+        if side == 1:
+            PoolMonitor.setup_listeners(db.engine)
+
+        async def request() -> None:
+            async with db.get_session() as session:
+                await session.execute(text("SELECT 1"))
+
+        async def work() -> None:  # bench_monitoring's load: 1000 requests at once
+            await asyncio.gather(*(request() for _ in range(1000)))
+
+        await _count(work)()
+        PoolMonitor.remove_listeners(db.engine)
+
+
+RUNNERS = {
+    "request_path": _request_path,
+    "decrypt": _decrypt,
+    "bulk_insert": _bulk_insert,
+    "monitoring": _monitoring,
+}
 
 
 def _measure(case: str, side: int) -> int:
     out = subprocess.run(
         ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--callgrind-out-file=/dev/null",
          sys.executable, "-m", "benchmarks.instructions", "--side", case, str(side)],
-        capture_output=True, text=True, check=True,
+        capture_output=True, text=True,
     )  # fmt: skip
+    if out.returncode != 0:
+        tail = "\n".join(line for line in out.stderr.splitlines() if not line.startswith("=="))
+        raise SystemExit(f"{case} side {side} failed under callgrind:\n{tail[-3000:]}")
     found = re.search(r"Collected : (\d+)", out.stderr)
     if found is None or int(found.group(1)) == 0:
         raise SystemExit(f"callgrind counted nothing for {case} side {side}:\n{out.stderr}")
