@@ -17,7 +17,14 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
-__all__ = ["InsightContext", "ShapeStats", "allow_nplusone", "current_context", "track"]
+__all__ = [
+    "InsightContext",
+    "ShapeStats",
+    "activate",
+    "allow_nplusone",
+    "current_context",
+    "track",
+]
 
 MAX_SHAPES = 200
 MAX_LOAD_KEYS = 1000
@@ -113,14 +120,31 @@ def current_context() -> InsightContext | None:
 def track(operation: str | None = None) -> Iterator[InsightContext]:
     """Collect the statements and N+1 loads of the enclosed block into one context.
 
-    What a web framework integration calls around each request (dbkeel has no FastAPI
-    integration yet; this is its hook)::
+    The web integrations open one per request (``dbkeel.integrations``); around a job or
+    a block of your own::
 
         with track("GET /orders") as q:
             await list_orders(session)
         logger.info("queries: %s", q.summary())
     """
     ctx = InsightContext(operation=operation)
+    token = _CURRENT.set(ctx)
+    try:
+        yield ctx
+    finally:
+        _CURRENT.reset(token)
+
+
+@contextmanager
+def activate(ctx: InsightContext) -> Iterator[InsightContext]:
+    """``track()`` with a context the caller built: the web integrations' per-request
+    context, a subclass that names its route once routing has matched it.
+
+    Example::
+
+        with activate(InsightContext(operation="nightly import")) as q:
+            await run_import()
+    """
     token = _CURRENT.set(ctx)
     try:
         yield ctx
