@@ -232,9 +232,7 @@ async def test_a_mounted_starlette_route_is_named_by_its_full_template(sqlite_ur
 
 async def endpoint_app(scope: Any, receive: Any, send: Any) -> None:
     ctx = current_context()
-    await JSONResponse({"operation": None if ctx is None else ctx.operation})(
-        scope, receive, send
-    )
+    await JSONResponse({"operation": None if ctx is None else ctx.operation})(scope, receive, send)
 
 
 async def test_a_fastapi_sub_application_keeps_its_mount_prefix(sqlite_url: str) -> None:
@@ -307,7 +305,7 @@ def test_budget_values_are_checked() -> None:
         QueryBudget(statements=-1)
     with pytest.raises(ConfigurationError, match=r"total_ms=-5.*>= 0 milliseconds"):
         QueryBudget(total_ms=-5)
-    assert DEFAULT_QUERY_BUDGET == QueryBudget(statements=100, total_ms=None)
+    assert QueryBudget(statements=100, total_ms=None) == DEFAULT_QUERY_BUDGET
 
 
 def test_a_shape_in_the_warning_has_no_literals_and_no_comment_tag() -> None:
