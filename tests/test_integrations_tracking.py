@@ -183,6 +183,27 @@ async def test_a_time_budget_warns_and_none_tracks_without_warning(
     assert records(caplog, logging.WARNING) == []  # ... never warned
 
 
+async def test_a_route_can_have_its_own_budget(
+    framework: str, sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    budget = QueryBudget(
+        statements=1,
+        routes={"GET /loop/{n}": QueryBudget(statements=50), "GET /stream/{n}": None},
+    )
+    async with running(build(framework, sqlite_url, budget)) as client:
+        assert (await client.get("/loop/20")).status_code == 200  # within its own 50
+        assert (await client.get("/stream/20")).status_code == 200  # never warns
+        assert records(caplog, logging.WARNING) == []
+        assert (await client.get("/loop/60")).status_code == 200
+        assert (await client.get("/tagged")).status_code == 200  # BEGIN and a SELECT
+    warnings = [r.getMessage() for r in records(caplog, logging.WARNING)]
+    assert len(warnings) == 2
+    assert "GET /loop/{n}: 61 statements (budget 50)" in warnings[0]
+    assert "QueryBudget(routes={'GET /loop/{n}': QueryBudget(statements=...)})" in warnings[0]
+    assert warnings[1].startswith("Query budget exceeded by GET /tagged: 2 statements (budget 1)")
+
+
 async def test_no_budget_means_no_per_request_context(framework: str, sqlite_url: str) -> None:
     async with running(build(framework, sqlite_url, None)) as client:
         assert (await client.get("/tagged")).json()["operation"] is None

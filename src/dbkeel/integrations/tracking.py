@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from dbkeel.exceptions import ConfigurationError
@@ -65,15 +65,22 @@ class QueryBudget:
     ``server_timing``: add ``Server-Timing: db;dur=<ms>;desc="<n> queries"`` to each
     response (default off: it shows clients how the service spends its time). It holds the
     statements run before the response started, so not a streaming body's.
+    ``routes``: another budget for some routes, by their name (``"POST /import"``);
+    ``None`` there never warns for that route.
 
     Example::
 
-        QueryBudget(statements=30, total_ms=250, server_timing=True)
+        QueryBudget(
+            statements=30,
+            total_ms=250,
+            routes={"POST /import": QueryBudget(statements=5000), "GET /export": None},
+        )
     """
 
     statements: int | None = 100
     total_ms: float | None = None
     server_timing: bool = False
+    routes: Mapping[str, QueryBudget | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.statements is not None and self.statements < 0:
@@ -86,6 +93,12 @@ class QueryBudget:
                 f"QueryBudget(total_ms={self.total_ms!r}) is invalid: the time budget must "
                 f"be >= 0 milliseconds, or None for no limit."
             )
+
+    def for_route(self, operation: str | None) -> QueryBudget | None:
+        """The budget of the route named *operation*: its entry in ``routes``, else this."""
+        if not self.routes or operation is None:
+            return self
+        return self.routes.get(operation, self)
 
     def exceeded(self, ctx: InsightContext) -> bool:
         """Whether the figures of *ctx* are past this budget."""
@@ -163,18 +176,22 @@ class QueryTracking:
             self.report(ctx)
 
     def report(self, ctx: InsightContext) -> None:
-        """Log *ctx*'s figures: WARNING past the budget, else DEBUG."""
-        if self.budget.exceeded(ctx):
+        """Log *ctx*'s figures: WARNING past the route's budget, else DEBUG."""
+        budget = self.budget.for_route(ctx.operation)
+        if budget is not None and budget.exceeded(ctx):
+            name = ctx.operation
             logger.warning(
                 "Query budget exceeded by %s: %s. Most time went to: %s. A loop of queries "
                 "is the usual cause: load the rows together (selectinload(), one query "
-                "with IN (...)); if the request needs this, raise its QueryBudget.",
-                ctx.operation or "an unrouted request",
-                _figures(ctx, self.budget),
+                "with IN (...)); if the route needs this many, give it its own budget: "
+                "QueryBudget(routes={%r: QueryBudget(statements=...)}).",
+                name or "an unrouted request",
+                _figures(ctx, budget),
                 "; ".join(
                     _shape_line(shape, s.statements, s.total_s)
                     for shape, s in ctx.top_shapes(_TOP_SHAPES)
                 ),
+                name or "<route>",
                 extra={"dbkeel_query_stats": ctx.summary()},
             )
         elif ctx.statements and logger.isEnabledFor(logging.DEBUG):
