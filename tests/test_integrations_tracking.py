@@ -17,20 +17,21 @@ from litestar import Litestar, get
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 from litestar.response import Stream
+from prometheus_client import CollectorRegistry
 from sqlalchemy import literal, select
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
 from dbkeel import ConfigurationError, DatabaseManager
-from dbkeel.insight import current_context
+from dbkeel.insight import current_context, statement_metrics
 from dbkeel.integrations.fastapi import QueryBudget, install
 from dbkeel.integrations.litestar import DbkeelConfig, DbkeelPlugin
 from dbkeel.integrations.starlette import install as starlette_install
 from dbkeel.integrations.tracking import DEFAULT_QUERY_BUDGET, _shape_line
 from tests import conftest
 from tests.conftest import make_settings
-from tests.web_apps import FRAMEWORKS, running
+from tests.web_apps import FRAMEWORKS, manager_of, running
 
 LOGGER = "dbkeel.integrations.tracking"
 SECRET = "s3cret-value"  # a bound parameter: never in a log line
@@ -221,6 +222,18 @@ async def test_the_route_template_names_the_context_and_the_comment_tag(
     # sqlcommenter: route='GET%20%2Ftagged' (the % doubled on format-paramstyle drivers)
     tagged_shapes = [s for s in body["shapes"] if "route=" in s]
     assert tagged_shapes and all("%2Ftagged'" in s.replace("%%", "%") for s in tagged_shapes)
+
+
+async def test_statement_metrics_are_labelled_with_the_route(
+    framework: str, sqlite_url: str
+) -> None:
+    registry = CollectorRegistry()
+    app = build(framework, sqlite_url)
+    async with running(app) as client:
+        statement_metrics(manager_of(app)).register_prometheus(registry)
+        assert (await client.get("/loop/4")).status_code == 200
+    labels = {"app": "dbkeel-tests", "kind": "SELECT", "operation": "GET /loop/{n}"}
+    assert registry.get_sample_value("dbkeel_statements_total", labels) == 4
 
 
 async def test_a_mounted_starlette_route_is_named_by_its_full_template(sqlite_url: str) -> None:
