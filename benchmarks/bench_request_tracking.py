@@ -5,9 +5,11 @@
 Each request is a GET whose handler reads one row by primary key through the integration's
 session dependency; 8 concurrent tasks call the ASGI app directly (no HTTP client or server
 in the measurement: the frameworks' and dbkeel's own work is all there is). Production
-profile, as a service runs. Reported: the harness's ratios, the per-round ratios of wall and
-process CPU time (CPU is steadier on a shared machine), and the middleware's own cost per
-request timed in a tight loop around an app that only records one statement.
+profile, as a service runs. A second app without tracking shows what two identical apps
+differ by in the same run (A/A). Reported: the harness's ratios; the per-round ratios of
+wall and process CPU time (CPU is steadier on a shared machine); Python function calls per
+request (a count the machine's load does not move); and tracking's own cost per request,
+timed in a tight loop around an app that only records one statement.
 
 Size: DBKEEL_BENCH_TRACKING_REQUESTS requests per task per round (default 40).
 """
@@ -15,7 +17,9 @@ Size: DBKEEL_BENCH_TRACKING_REQUESTS requests per task per round (default 40).
 from __future__ import annotations
 
 import asyncio
+import cProfile
 import os
+import pstats
 import time
 from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
@@ -39,7 +43,7 @@ from dbkeel.integrations.litestar import DbkeelConfig, DbkeelPlugin
 from dbkeel.integrations.tracking import DEFAULT_QUERY_BUDGET, QueryTracking
 
 TASKS = 8
-ROUNDS = scaled(31, 1)
+ROUNDS = scaled(41, 1)
 
 
 class Base(DeclarativeBase):
@@ -172,12 +176,36 @@ async def _middleware_cost(base_cpu_per_request: float) -> None:
     console.print(table)
 
 
+async def _calls_per_request(apps: dict[str, Any], n: int) -> None:
+    """Python function calls per request under cProfile: a count, which the machine's load
+    does not move (the timing ratios above move by several percent from run to run)."""
+    table = Table(title="Python function calls per request (cProfile, one task)")
+    table.add_column("app")
+    table.add_column("calls", justify="right")
+
+    async def send(message: Any) -> None:
+        return None
+
+    for name, app in apps.items():
+        if "2nd app" in name:
+            continue
+        profile = cProfile.Profile()
+        profile.enable()
+        for i in range(n):
+            await app(_scope(f"/items/{1 + i % 1000}"), _receive, send)
+        profile.disable()
+        table.add_row(name, f"{pstats.Stats(profile).total_calls / n:.0f}")
+    console.print(table)
+
+
 async def main() -> None:
     per_task = int(os.environ.get("DBKEEL_BENCH_TRACKING_REQUESTS", "2" if ROUNDS == 1 else "40"))
     apps = {
         "FastAPI, tracking off": _fastapi(None),
+        "FastAPI, tracking off, 2nd app": _fastapi(None),
         "FastAPI, tracking on": _fastapi(DEFAULT_QUERY_BUDGET),
         "Litestar, tracking off": _litestar(None),
+        "Litestar, tracking off, 2nd app": _litestar(None),
         "Litestar, tracking on": _litestar(DEFAULT_QUERY_BUDGET),
     }
     lifespans = [
@@ -203,6 +231,10 @@ async def main() -> None:
                 f"{framework} per-request query tracking, {TASKS} tasks, PostgreSQL",
                 {
                     "tracking off": _requests(apps[f"{framework}, tracking off"], per_task),
+                    # the same app twice: the spread and bias of the measurement itself
+                    "tracking off, 2nd app (A/A)": _requests(
+                        apps[f"{framework}, tracking off, 2nd app"], per_task
+                    ),
                     "tracking on": _requests(apps[f"{framework}, tracking on"], per_task),
                 },
                 baseline="tracking off",
@@ -210,6 +242,7 @@ async def main() -> None:
                 goal="goal: tracking on / off <= 1.03 (issue 18's insight budget)",
             )
             base_cpu = base_cpu or cpu / (TASKS * per_task)
+        await _calls_per_request(apps, scaled(200, 5))
         async with db.engine.begin() as conn:
             await conn.run_sync(Base.metadata.drop_all)
     finally:

@@ -177,7 +177,7 @@ class QueryTracking:
 
     def report(self, ctx: InsightContext) -> None:
         """Log *ctx*'s figures: WARNING past the route's budget, else DEBUG."""
-        budget = self.budget.for_route(ctx.operation)
+        budget = self.budget.for_route(ctx.operation) if self.budget.routes else self.budget
         if budget is not None and budget.exceeded(ctx):
             name = ctx.operation
             logger.warning(
