@@ -147,7 +147,10 @@ def _route_of(app: Any) -> RouteOf:
             return path
         # Under a Mount the route's path is relative to it; the mount's own template is
         # found again from the top (the scope holds the mount's matched path, ids and all).
-        return _mounted(app.routes, scope, root, route) or path
+        try:
+            return _mounted(app.routes, scope, root, route) or path
+        except Exception:  # a custom route class's matches(): naming must never fail a query
+            return path
 
     return route_of
 
