@@ -18,7 +18,9 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath
 from litestar.response import Stream
 from prometheus_client import CollectorRegistry
-from sqlalchemy import literal, select
+from sqlalchemy import ForeignKey, literal, select
+from sqlalchemy.ext.asyncio import AsyncAttrs
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
@@ -35,6 +37,22 @@ from tests.web_apps import FRAMEWORKS, manager_of, running
 
 LOGGER = "dbkeel.integrations.tracking"
 SECRET = "s3cret-value"  # a bound parameter: never in a log line
+
+
+class Base(AsyncAttrs, DeclarativeBase):
+    pass
+
+
+class Parent(Base):
+    __tablename__ = "budget_parents"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    children: Mapped[list[Child]] = relationship(order_by="Child.id")
+
+
+class Child(Base):
+    __tablename__ = "budget_children"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    parent_id: Mapped[int] = mapped_column(ForeignKey("budget_parents.id"))
 
 
 # -- the endpoints, framework-free ------------------------------------------------------
@@ -61,6 +79,16 @@ async def tagged(db: DatabaseManager) -> dict[str, Any]:
     }
 
 
+async def per_row_loads(db: DatabaseManager) -> dict[str, Any]:
+    """Two lazy loads of Parent.children in each of two sessions: 4 in the request."""
+    loaded = 0
+    for _ in range(2):
+        async with db.get_session() as session:
+            for parent in (await session.scalars(select(Parent).order_by(Parent.id))).all():
+                loaded += len(await parent.awaitable_attrs.children)
+    return {"children": loaded}
+
+
 async def stream_rows(db: DatabaseManager, n: int) -> AsyncIterator[bytes]:
     # the statements run while the body is sent, after the response has started
     async with db.get_session() as session:
@@ -84,6 +112,10 @@ def fastapi_app(db: DatabaseManager, budget: QueryBudget | None) -> FastAPI:
     async def tag() -> dict[str, Any]:
         return await tagged(db)
 
+    @app.get("/per-row")
+    async def per_row() -> dict[str, Any]:
+        return await per_row_loads(db)
+
     @app.get("/stream/{n}")
     async def stream(n: int) -> StreamingResponse:
         return StreamingResponse(stream_rows(db, n), media_type="text/plain")
@@ -101,6 +133,11 @@ async def ls_tagged(db: NamedDependency[DatabaseManager]) -> dict[str, Any]:
     return await tagged(db)
 
 
+@get("/per-row")
+async def ls_per_row(db: NamedDependency[DatabaseManager]) -> dict[str, Any]:
+    return await per_row_loads(db)
+
+
 @get("/stream/{n:int}")
 async def ls_stream(n: FromPath[int], db: NamedDependency[DatabaseManager]) -> Stream:
     return Stream(stream_rows(db, n), media_type="text/plain")
@@ -110,7 +147,9 @@ def litestar_app(db: DatabaseManager, budget: QueryBudget | None) -> Litestar:
     config = DbkeelConfig(query_budget=budget)
     # logging_config=None: Litestar's own config would take the root logger from caplog
     return Litestar(
-        [ls_loop, ls_tagged, ls_stream], plugins=[DbkeelPlugin(db, config)], logging_config=None
+        [ls_loop, ls_tagged, ls_per_row, ls_stream],
+        plugins=[DbkeelPlugin(db, config)],
+        logging_config=None,
     )
 
 
@@ -284,6 +323,31 @@ async def test_a_fastapi_sub_application_keeps_its_mount_prefix(sqlite_url: str)
         assert (await client.get("/api/orders/3")).json() == {
             "operation": "GET /api/orders/{order_id}"
         }
+
+
+async def test_nplusone_detection_counts_per_request(
+    framework: str,
+    db: DatabaseManager,
+    db_url: str,
+    create_tables: conftest.CreateTables,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    await create_tables(db, Base.metadata)
+    async with db.get_session() as session:
+        session.add_all([Parent(id=1), Parent(id=2)])
+        await session.flush()
+        session.add_all([Child(id=1, parent_id=1), Child(id=2, parent_id=2)])
+    caplog.set_level(logging.WARNING, logger="dbkeel.insight")
+    settings = {"nplusone": "log", "nplusone_threshold": 3}
+    # Untracked, each session is its own context: 2 loads each, below the threshold.
+    async with running(build(framework, db_url, None, **settings)) as client:
+        assert (await client.get("/per-row")).json() == {"children": 4}
+    assert [r for r in caplog.records if "N+1" in r.getMessage()] == []
+    # Tracked, the request is the context: 4 loads of Parent.children in it.
+    async with running(build(framework, db_url, **settings)) as client:
+        assert (await client.get("/per-row")).json() == {"children": 4}
+    [report] = [r.getMessage() for r in caplog.records if "N+1" in r.getMessage()]
+    assert "Parent.children" in report
 
 
 # -- concurrency and streaming --------------------------------------------------------------
