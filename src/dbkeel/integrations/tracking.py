@@ -223,7 +223,8 @@ def _shape_line(shape: str, statements: int, total_s: float) -> str:
 def _server_timing(ctx: InsightContext, send: Send) -> Send:
     async def send_with_timing(message: Message) -> None:
         if message["type"] == "http.response.start":
-            value = f'db;dur={ctx.total_s * 1000:.1f};desc="{ctx.statements} queries"'
+            n = ctx.statements
+            value = f'db;dur={ctx.total_s * 1000:.1f};desc="{n} quer{"y" if n == 1 else "ies"}"'
             headers = [*message.get("headers", ()), (b"server-timing", value.encode())]
             message = {**message, "headers": headers}
         await send(message)
