@@ -403,6 +403,8 @@ def test_budget_values_are_checked() -> None:
         QueryBudget(statements=-1)
     with pytest.raises(ConfigurationError, match=r"total_ms=-5.*>= 0 milliseconds"):
         QueryBudget(total_ms=-5)
+    with pytest.raises(ConfigurationError, match=r"routes=\{'GET /x': 500\}.*QueryBudget\("):
+        QueryBudget(routes={"GET /x": 500})  # type: ignore[dict-item]
     assert QueryBudget(statements=100, total_ms=None) == DEFAULT_QUERY_BUDGET
 
 

@@ -93,6 +93,13 @@ class QueryBudget:
                 f"QueryBudget(total_ms={self.total_ms!r}) is invalid: the time budget must "
                 f"be >= 0 milliseconds, or None for no limit."
             )
+        for route, budget in self.routes.items():
+            if budget is not None and not isinstance(budget, QueryBudget):
+                raise ConfigurationError(
+                    f"QueryBudget(routes={{{route!r}: {budget!r}}}) is invalid: a route's "
+                    f"budget is a QueryBudget, e.g. QueryBudget(statements=500), or None "
+                    f"for no warnings on that route."
+                )
 
     def for_route(self, operation: str | None) -> QueryBudget | None:
         """The budget of the route named *operation*: its entry in ``routes``, else this."""
@@ -119,7 +126,8 @@ class _RequestContext(InsightContext):
 
     The middleware runs before the framework's router, so the route is not known when the
     context opens; statements run after routing, and the first one that reads
-    ``operation`` (the comment tag, the metrics) names it from the scope.
+    ``operation`` (the comment tag, the metrics) names it from the scope. A subclass, so
+    that contexts opened by ``track()`` keep a plain attribute read on every statement.
     """
 
     __slots__ = ("_route_of", "_scope")
