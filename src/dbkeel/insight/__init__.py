@@ -1,9 +1,9 @@
 """Query insight: N+1 detection, per-context statement figures, SQL comment tags, statement
 metrics (Prometheus / OpenTelemetry) and spans.
 
-``track()`` opens a context (what a web integration calls around each request; dbkeel
-has no FastAPI integration yet) and yields its figures; N+1 loads are detected within it,
-or within one session outside any ``track()`` block::
+``track()`` opens a context (the web integrations open one per request, named by its
+route) and yields its figures; N+1 loads are detected within it, or within one session
+outside any ``track()`` block::
 
     from dbkeel.insight import track
 
@@ -19,6 +19,7 @@ from dbkeel.insight.comments import format_comment
 from dbkeel.insight.context import (
     InsightContext,
     ShapeStats,
+    activate,
     allow_nplusone,
     current_context,
     track,
@@ -31,6 +32,7 @@ __all__ = [
     "NPlusOneDetector",
     "ShapeStats",
     "StatementMetrics",
+    "activate",
     "allow_nplusone",
     "current_context",
     "format_comment",

@@ -13,11 +13,18 @@ counters at most ``MAX_LOAD_KEYS`` relationship paths.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
-__all__ = ["InsightContext", "ShapeStats", "allow_nplusone", "current_context", "track"]
+__all__ = [
+    "InsightContext",
+    "ShapeStats",
+    "activate",
+    "allow_nplusone",
+    "current_context",
+    "track",
+]
 
 MAX_SHAPES = 200
 MAX_LOAD_KEYS = 1000
@@ -113,8 +120,8 @@ def current_context() -> InsightContext | None:
 def track(operation: str | None = None) -> Iterator[InsightContext]:
     """Collect the statements and N+1 loads of the enclosed block into one context.
 
-    What a web framework integration calls around each request (dbkeel has no FastAPI
-    integration yet; this is its hook)::
+    The web integrations open one per request (``dbkeel.integrations``); around a job or
+    a block of your own::
 
         with track("GET /orders") as q:
             await list_orders(session)
@@ -126,6 +133,34 @@ def track(operation: str | None = None) -> Iterator[InsightContext]:
         yield ctx
     finally:
         _CURRENT.reset(token)
+
+
+def activate(ctx: InsightContext) -> AbstractContextManager[InsightContext]:
+    """``track()`` with a context the caller built: the web integrations' per-request
+    context, a subclass that names its route once routing has matched it.
+
+    Example::
+
+        with activate(InsightContext(operation="nightly import")) as q:
+            await run_import()
+    """
+    return _Active(ctx)
+
+
+class _Active:
+    # A class, not @contextmanager: entered once per web request, where the generator's
+    # machinery cost four times the ContextVar work itself.
+    __slots__ = ("ctx", "token")
+
+    def __init__(self, ctx: InsightContext) -> None:
+        self.ctx = ctx
+
+    def __enter__(self) -> InsightContext:
+        self.token = _CURRENT.set(self.ctx)
+        return self.ctx
+
+    def __exit__(self, *exc_info: object) -> None:
+        _CURRENT.reset(self.token)
 
 
 @contextmanager

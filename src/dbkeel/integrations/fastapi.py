@@ -21,6 +21,10 @@ endpoint returns, and a failing commit (unique violation, serialization failure,
 version conflict) becomes an error status through the error handlers, never a 200 for
 data that was rolled back. A cancelled request (client gone, timeout) rolls back and
 returns the connection: :meth:`DatabaseManager.get_session` cleans up on cancellation.
+
+Each request's statements are counted under its route (``"POST /notes"``) and a request
+past ``install(app, db, query_budget=QueryBudget(statements=..., total_ms=...))`` logs a
+warning: see :mod:`dbkeel.integrations.tracking`.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from dbkeel.exceptions import MissingDependencyError
 from dbkeel.integrations.starlette import (
     ERROR_RESPONSES,
     ErrorResponse,
+    QueryBudget,
     install,
     manager_of,
 )
@@ -43,7 +48,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise MissingDependencyError("dbkeel's FastAPI integration", "fastapi", "fastapi") from exc
 
-__all__ = ["ERROR_RESPONSES", "ErrorResponse", "ReadSession", "Session", "install"]
+__all__ = ["ERROR_RESPONSES", "ErrorResponse", "QueryBudget", "ReadSession", "Session", "install"]
 
 
 async def session_dependency(request: Request) -> AsyncIterator[AsyncSession]:

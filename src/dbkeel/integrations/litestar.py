@@ -32,9 +32,12 @@ The plugin (an ``InitPlugin``) adds to the app config:
   ``GET /metrics`` (Prometheus text, when ``dbkeel[prometheus]`` is installed);
 - exception handlers from :data:`~dbkeel.integrations.responses.ERROR_RESPONSES`, the
   map the FastAPI integration uses: 503 with ``Retry-After``, 409, never SQL in a body.
-  Handlers the app already registers for a class are kept.
+  Handlers the app already registers for a class are kept;
+- per-request query tracking (:mod:`~dbkeel.integrations.tracking`), the first app
+  middleware: each request runs in a query-insight context named by its route template
+  (``"GET /notes/{note_id}"``), and one past ``DbkeelConfig.query_budget`` logs a warning.
 
-Names, paths and the error map are set with :class:`DbkeelConfig`.
+Names, paths, the error map and the query budget are set with :class:`DbkeelConfig`.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ from dbkeel.integrations.responses import (
     prometheus_installed,
     readiness,
 )
+from dbkeel.integrations.tracking import DEFAULT_QUERY_BUDGET, QueryBudget, QueryTracking, Scope
 from dbkeel.manager import DatabaseManager
 
 try:
@@ -63,17 +67,20 @@ try:
     from litestar.config.app import AppConfig
     from litestar.di import Provide
     from litestar.exceptions.responses import create_exception_response
+    from litestar.middleware import DefineMiddleware
     from litestar.plugins import InitPlugin
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise MissingDependencyError("dbkeel's Litestar integration", "litestar", "litestar") from exc
 
-__all__ = ["DbkeelConfig", "DbkeelPlugin", "ErrorResponse"]
+__all__ = ["DbkeelConfig", "DbkeelPlugin", "ErrorResponse", "QueryBudget"]
 
 
 @dataclass(frozen=True)
 class DbkeelConfig:
     """How :class:`DbkeelPlugin` wires the manager in. A path of ``None`` leaves that route
-    out; *errors* entries replace the defaults of their class."""
+    out; *errors* entries replace the defaults of their class. *query_budget* is what one
+    request may spend before a warning (``QueryBudget(statements=None)``: track, never
+    warn; ``None``: no per-request tracking)."""
 
     session_key: str = "db_session"
     read_session_key: str = "db_read_session"
@@ -82,6 +89,7 @@ class DbkeelConfig:
     ready_path: str | None = "/health/ready"
     metrics_path: str | None = "/metrics"
     errors: Mapping[type[BaseException], ErrorResponse] = field(default_factory=dict)
+    query_budget: QueryBudget | None = DEFAULT_QUERY_BUDGET
 
 
 class DbkeelPlugin(InitPlugin):
@@ -123,6 +131,15 @@ class DbkeelPlugin(InitPlugin):
         app_config.route_handlers.extend(
             get(path, include_in_schema=False)(fn) for path, fn in routes if path
         )
+        if config.query_budget is not None:
+            # Litestar runs app middleware after routing, inside the route's exception
+            # handling; first in the list, it wraps the app's other middleware.
+            # (QueryTracking is typed with plain ASGI mappings, not Litestar's TypedDicts)
+            factory: Any = QueryTracking
+            tracking = DefineMiddleware(
+                factory, budget=config.query_budget, route_of=_path_template
+            )
+            app_config.middleware.insert(0, tracking)
         return app_config
 
     # -- lifespan ---------------------------------------------------------------------
@@ -178,3 +195,8 @@ class DbkeelPlugin(InitPlugin):
 
 async def _live() -> Response[dict[str, str]]:
     return Response({"status": "ok"})
+
+
+def _path_template(scope: Scope) -> str | None:
+    template = scope.get("path_template")
+    return template if isinstance(template, str) else None

@@ -12,7 +12,11 @@
   with Litestar): pool exhausted / database unavailable -> 503 with ``Retry-After``,
   concurrent update and integrity errors -> 409. Bodies never carry SQL or parameters.
   Override per class with ``install(..., errors={...})``; a handler the app already
-  registered for a class is kept.
+  registered for a class is kept;
+- per-request query tracking (:mod:`~dbkeel.integrations.tracking`): each request runs in
+  a query-insight context named by its route template (``"GET /orders/{id}"``), and one
+  past ``query_budget`` logs a warning with its figures. ``query_budget=None`` leaves
+  the middleware out.
 
 Example::
 
@@ -36,15 +40,25 @@ from dbkeel.integrations.responses import (
     prometheus_installed,
     readiness,
 )
+from dbkeel.integrations.tracking import (
+    DEFAULT_QUERY_BUDGET,
+    QueryBudget,
+    QueryTracking,
+    RouteOf,
+    Scope,
+)
 from dbkeel.manager import DatabaseManager
 
 try:
     from starlette.requests import Request
     from starlette.responses import JSONResponse, PlainTextResponse, Response
+    from starlette.routing import BaseRoute, Match, Mount
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise MissingDependencyError("dbkeel's Starlette integration", "fastapi", "starlette") from exc
 
-__all__ = ["ERROR_RESPONSES", "ErrorResponse", "install", "manager_of"]
+__all__ = ["ERROR_RESPONSES", "ErrorResponse", "QueryBudget", "install", "manager_of"]
+
+_MAX_MOUNT_DEPTH = 8
 
 
 def manager_of(request: Request) -> DatabaseManager:
@@ -83,10 +97,14 @@ def install(
     live_path: str | None = "/health/live",
     ready_path: str | None = "/health/ready",
     metrics_path: str | None = "/metrics",
+    query_budget: QueryBudget | None = DEFAULT_QUERY_BUDGET,
 ) -> None:
     """Wire *db* into the Starlette or FastAPI *app* (see the module docstring).
 
-    A path of ``None`` leaves that route out.
+    A path of ``None`` leaves that route out. *query_budget* (default
+    ``QueryBudget(statements=100)``) is what one request may spend before a warning;
+    ``QueryBudget(statements=None)`` tracks requests without ever warning, ``None`` does
+    not track them.
     """
     app.state.dbkeel = db
     own_lifespan = app.router.lifespan_context
@@ -110,3 +128,47 @@ def install(
         app.add_route(ready_path, _ready, methods=["GET"], include_in_schema=False)
     if metrics_path and prometheus_installed():
         app.add_route(metrics_path, _metrics, methods=["GET"], include_in_schema=False)
+    if query_budget is not None:
+        # outermost of the app's own middleware added so far: their statements count too
+        app.add_middleware(QueryTracking, budget=query_budget, route_of=_route_of(app))
+
+
+def _route_of(app: Any) -> RouteOf:
+    """Reads the template of the route Starlette's router matched (``scope["route"]``,
+    which FastAPI sets too) from a request's scope."""
+
+    def route_of(scope: Scope) -> str | None:
+        route = scope.get("route")
+        path = getattr(route, "path", None)
+        if not isinstance(path, str):
+            return None  # not routed yet, or nothing matched (404)
+        root = scope.get("app_root_path")
+        if root is None or root == scope.get("root_path", ""):
+            return path
+        # Under a Mount the route's path is relative to it; the mount's own template is
+        # found again from the top (the scope holds the mount's matched path, ids and all).
+        try:
+            return _mounted(app.routes, scope, root, route) or path
+        except Exception:  # a custom route class's matches(): naming must never fail a query
+            return path
+
+    return route_of
+
+
+def _mounted(routes: list[BaseRoute], scope: Scope, root: str, route: Any) -> str | None:
+    probe: dict[str, Any] = {"type": "http", "path": scope["path"], "root_path": root}
+    prefix = ""
+    for _ in range(_MAX_MOUNT_DEPTH):
+        for candidate in routes:
+            if isinstance(candidate, Mount):
+                match, child_scope = candidate.matches(probe)
+                if match is Match.FULL:
+                    break
+        else:
+            break  # no mount further down: *route* is in *routes*
+        prefix += candidate.path
+        if candidate is route:  # the mount is the endpoint (static files, a plain ASGI app)
+            return prefix
+        probe.update(child_scope)
+        routes = candidate.routes
+    return prefix + route.path if prefix else None
