@@ -14,7 +14,10 @@ Cases: ``request_path`` (600 requests of bench_request_path's mix, one task),
 ``decrypt`` (3 x 10,000 values, dbkeel EncryptedType vs raw AES-GCM), ``bulk_insert``
 (20,000 rows of bench_bulk's model, dbkeel insert path vs plain ``insert(Model)``) and
 ``monitoring`` (bench_monitoring's 1000 concurrent requests on a 20 + 10 pool, with and
-without ``PoolMonitor``; concurrency makes this one vary by about a percent).
+without ``PoolMonitor``; concurrency makes this one vary by about a percent),
+``insight`` and ``insight_tags`` (600 of bench_insight's requests, one task: N+1
+detection and per-request stats, then also static sqlcommenter tags, against insight
+off; issue 18's goal for both is <= 1.03).
 Needs valgrind.
 """
 
@@ -35,6 +38,8 @@ CASES: dict[str, tuple[str, str]] = {
     "decrypt": ("raw AESGCM", "dbkeel EncryptedType"),
     "bulk_insert": ("plain insert(Model) list", "dbkeel insert"),
     "monitoring": ("no monitoring", "PoolMonitor"),
+    "insight": ("insight off", "N+1 detection + stats"),
+    "insight_tags": ("insight off", "N+1 detection + stats + static comment tags"),
 }
 
 
@@ -175,11 +180,44 @@ async def _monitoring(side: int) -> None:
         PoolMonitor.remove_listeners(db.engine)
 
 
+async def _insight(side: int, **on: object) -> None:
+    from benchmarks.bench_insight import Base, Item
+    from dbkeel import DatabaseManager, DatabaseSettings
+    from dbkeel.insight import track
+
+    insight = on if side == 1 else {"nplusone": "off"}
+    settings = DatabaseSettings(
+        database_url=_harness.PG_URL, environment="production", pool_size=1, max_overflow=0,
+        app_name="dbkeel-bench", monitoring=False, **insight,
+    )  # fmt: skip
+    async with DatabaseManager(settings) as db:
+        async with db.engine.begin() as conn:
+            await conn.run_sync(Base.metadata.drop_all)
+            await conn.run_sync(Base.metadata.create_all)
+            await conn.execute(Item.__table__.insert(), [{"id": 1, "name": "one"}])
+
+        async def work() -> None:  # bench_insight's request: track() + one session.get
+            for _ in range(600):
+                if side == 1:
+                    with track("GET /items/{id}"):
+                        async with db.get_session() as session:
+                            await session.get(Item, 1)
+                else:
+                    async with db.get_session() as session:
+                        await session.get(Item, 1)
+
+        await _count(work)()
+        async with db.engine.begin() as conn:
+            await conn.run_sync(Base.metadata.drop_all)
+
+
 RUNNERS = {
     "request_path": _request_path,
     "decrypt": _decrypt,
     "bulk_insert": _bulk_insert,
     "monitoring": _monitoring,
+    "insight": lambda side: _insight(side, nplusone="log"),
+    "insight_tags": lambda side: _insight(side, nplusone="log", query_comment=True),
 }
 
 
@@ -187,7 +225,7 @@ def _measure(case: str, side: int) -> int:
     out = subprocess.run(
         ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--callgrind-out-file=/dev/null",
          sys.executable, "-m", "benchmarks.instructions", "--side", case, str(side)],
-        capture_output=True, text=True,
+        capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"},
     )  # fmt: skip
     if out.returncode != 0:
         tail = "\n".join(line for line in out.stderr.splitlines() if not line.startswith("=="))

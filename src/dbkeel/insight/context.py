@@ -116,8 +116,7 @@ def current_context() -> InsightContext | None:
     return _CURRENT.get()
 
 
-@contextmanager
-def track(operation: str | None = None) -> Iterator[InsightContext]:
+def track(operation: str | None = None) -> AbstractContextManager[InsightContext]:
     """Collect the statements and N+1 loads of the enclosed block into one context.
 
     The web integrations open one per request (``dbkeel.integrations``); around a job or
@@ -127,12 +126,7 @@ def track(operation: str | None = None) -> Iterator[InsightContext]:
             await list_orders(session)
         logger.info("queries: %s", q.summary())
     """
-    ctx = InsightContext(operation=operation)
-    token = _CURRENT.set(ctx)
-    try:
-        yield ctx
-    finally:
-        _CURRENT.reset(token)
+    return _Active(InsightContext(operation=operation))
 
 
 def activate(ctx: InsightContext) -> AbstractContextManager[InsightContext]:
