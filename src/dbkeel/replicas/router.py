@@ -3,8 +3,11 @@
 Routing decides from what the health prober last saw (no extra round trip per session):
 a replica is used when it is reachable, really in recovery, no further behind than
 ``DATABASE_REPLICA_MAX_LAG``, and (``lsn`` mode) has replayed past the context's last
-write. Among those, round-robin. With none, the primary serves the read (or
-:class:`NoReplicaAvailableError`, by setting); each change of that state is logged once.
+write: past the position of the first sample of the primary taken after that write
+finished (positions.py), so a read right after a write goes to the primary until the
+prober has seen both the primary and a replica move on. Among those, round-robin. With
+none, the primary serves the read (or :class:`NoReplicaAvailableError`, by setting); each
+change of that state is logged once.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -28,9 +31,17 @@ from dbkeel.mixins.session import DbkeelSession
 from dbkeel.monitoring.health import NodeReport
 from dbkeel.monitoring.pool import PoolMonitor
 from dbkeel.replicas.config import ReadYourWrites
+from dbkeel.replicas.positions import PrimarySamples
 from dbkeel.replicas.readonly import read_only_factory
 from dbkeel.replicas.recording import RecordingSession, WindowSession, watch_writes
-from dbkeel.replicas.tokens import LastWrite, last_write, parse_token
+from dbkeel.replicas.tokens import (
+    LastWrite,
+    last_write,
+    make_token,
+    parse_lsn,
+    parse_token,
+    record_position,
+)
 from dbkeel.settings import DatabaseSettings
 
 __all__ = ["Node", "ReplicaRouter"]
@@ -38,6 +49,7 @@ __all__ = ["Node", "ReplicaRouter"]
 logger = logging.getLogger(__name__)
 
 _WROTE = "dbkeel_wrote"
+_INSERT_POSITION = text("SELECT pg_current_wal_insert_lsn()::text")
 
 
 @dataclass
@@ -101,6 +113,8 @@ class ReplicaRouter:
         for engine in replicas:
             event.listen(engine.sync_engine.pool, "checkout", _discard_closed)
         self.primary_lsn = 0
+        # the primary's insert position over time: bounds of this context's commits
+        self.samples = PrimarySamples()
         # (position, monotonic time first seen) of the primary, for the lag estimate
         self.primary_history: deque[tuple[int, float]] = deque(maxlen=1024)
         self.fallbacks = 0  # reads the primary served because no replica was usable
@@ -113,11 +127,27 @@ class ReplicaRouter:
         """Session class of read-write sessions (records commit positions in lsn mode)."""
         return RecordingSession if self.mode.mode == "lsn" else WindowSession
 
-    def token(self) -> str:
-        """This context's consistency token."""
-        from dbkeel.replicas.tokens import make_token
+    async def token(self) -> str:
+        """This context's consistency token: its last write's position, or a later one.
 
-        return make_token(last_write())
+        From the prober's samples when one was taken after the write finished; else read
+        from the primary now (one round trip, paid only by callers of the token).
+        """
+        mine = last_write()
+        if mine is not None and mine.since:
+            bound = self.samples.bound(mine.since)
+            if bound is None:
+                started = time.monotonic()
+                bound = await self._primary_position()
+                self.samples.add(started, bound)
+            mine = record_position(bound, covers=mine.since)
+        return make_token(mine)
+
+    async def _primary_position(self) -> int:
+        async with self.primary_engine.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")  # no BEGIN
+            found = await conn.execute(_INSERT_POSITION)
+            return parse_lsn(found.scalar_one())
 
     async def read_session(self, after: str | None) -> AsyncSession:
         """A read-only session, its connection checked out: a replica that died since the
@@ -173,23 +203,33 @@ class ReplicaRouter:
         mine = last_write()
         if after is not None:
             theirs = parse_token(after)
-            if mine is None or theirs.lsn > mine.lsn or theirs.at > mine.at:
-                mine = LastWrite(max(theirs.lsn, mine.lsn if mine else 0), theirs.at)
+            if mine is None:
+                return theirs
+            if theirs.lsn > mine.lsn or theirs.at > mine.at:
+                mine = LastWrite(max(theirs.lsn, mine.lsn), max(theirs.at, mine.at), mine.since)
         return mine
 
     def _pick(
         self, needed: LastWrite | None, skip: set[int] | None = None
     ) -> async_sessionmaker[AsyncSession] | None:
         max_lag = self.settings.replica_max_lag
-        if needed is not None and self.mode.mode == "window":
-            if time.time() - needed.at < self.mode.window:
-                return None
-            needed = None
+        bound = 0
+        if needed is not None:
+            if self.mode.mode == "window":
+                if time.time() - needed.at < self.mode.window:
+                    return None
+            else:
+                bound = needed.lsn
+                if needed.since:  # a commit of this context whose position is not known
+                    sampled = self.samples.bound(needed.since)
+                    if sampled is None:
+                        return None  # no sample of the primary since: nothing proves it
+                    bound = max(bound, sampled)
         candidates = [
             node
             for node in self.nodes
             if node.usable(max_lag)
-            and (needed is None or node.replay_lsn >= needed.lsn)
+            and node.replay_lsn >= bound
             and (not skip or id(node) not in skip)
         ]
         if not candidates:
