@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import event, text
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -95,6 +96,38 @@ def _discard_closed(dbapi_connection: Any, record: Any, proxy: Any) -> None:
         raise DisconnectionError("replica connection closed by the server")
 
 
+class _NodeSession(DbkeelSession):
+    """A read-only session on a replica that, when its first connection cannot be
+    checked out (the replica died since the last probe), marks that replica down and
+    connects to the next usable one, or the primary, in the same call.
+
+    The connection is checked out lazily, by the session's first statement, as on a
+    manager without replicas: checking it out at ``get_session()`` time would cost a
+    greenlet switch per session. Subclassed per router (``_router``)."""
+
+    _router: ReplicaRouter
+    dbkeel_after: str | None = None  # the session's consistency token, if any
+
+    def _connection_for_bind(
+        self, engine: Any, execution_options: Any = None, **kw: Any
+    ) -> Connection:
+        try:
+            return super()._connection_for_bind(engine, execution_options, **kw)
+        except Exception as exc:
+            transaction = self._transaction
+            if transaction is not None and transaction._connections:
+                raise  # it failed on a connection it had: not a checkout
+            fallback = self._router._failed_checkout(engine, exc, self.dbkeel_after)
+            if fallback is None:
+                raise
+        self.bind = fallback  # the session's later statements go there too
+        return self._connection_for_bind(fallback, execution_options, **kw)
+
+
+def _sync_bind(factory: async_sessionmaker[AsyncSession]) -> Engine:
+    return factory.kw["bind"].sync_engine  # type: ignore[no-any-return]
+
+
 class ReplicaRouter:
     """The primary's read-only factory, the replica nodes and the routing rule."""
 
@@ -106,12 +139,16 @@ class ReplicaRouter:
         self.primary_engine = primary
         self.primary_read_only = read_only_factory(primary)
         watch_writes(primary.sync_engine)  # which transactions wrote (read-your-writes)
+        session_class = type("ReplicaSession", (_NodeSession,), {"_router": self})
         self.nodes = [
-            Node(f"replica-{i}", mask_url(engine.url), engine, read_only_factory(engine))
-            for i, engine in enumerate(replicas, start=1)
+            Node(f"replica-{i}", mask_url(e.url), e, read_only_factory(e, session_class))
+            for i, e in enumerate(replicas, start=1)
         ]
-        for engine in replicas:
-            event.listen(engine.sync_engine.pool, "checkout", _discard_closed)
+        # the sync engine each node's sessions are bound to (read-only options applied)
+        self._node_of_bind = {_sync_bind(n.factory): n for n in self.nodes}
+        if not settings.effective_pre_ping:  # with it the engine's checkout does the same
+            for engine in replicas:
+                event.listen(engine.sync_engine.pool, "checkout", _discard_closed)
         self.primary_lsn = 0
         # the primary's insert position over time: bounds of this context's commits
         self.samples = PrimarySamples()
@@ -150,35 +187,23 @@ class ReplicaRouter:
             return parse_lsn(found.scalar_one())
 
     async def read_session(self, after: str | None) -> AsyncSession:
-        """A read-only session, its connection checked out: a replica that died since the
-        last probe is marked down and the next candidate (or the primary) is used."""
-        tried: set[int] = set()
-        while True:
-            factory = await self.read_factory(after, skip=tried)
-            session = factory()
-            node = self._node_of(factory)
-            if node is None:
-                return session  # the primary: connected lazily, as any session
-            try:
-                await session.connection()
-            except Exception as exc:  # a checkout that fails is a dead replica
-                await asyncio.shield(session.close())
-                node.reachable, node.lag, node.error = False, None, type(exc).__name__
-                logger.warning("%s (%s) failed at checkout: %s", node.name, node.url, exc)
-                tried.add(id(node))
-                continue
-            return session
-
-    def _node_of(self, factory: async_sessionmaker[AsyncSession]) -> Node | None:
-        return next((n for n in self.nodes if n.factory is factory), None)
-
-    async def read_factory(
-        self, after: str | None, skip: set[int] | None = None
-    ) -> async_sessionmaker[AsyncSession]:
-        """The factory of a read-only session: a replica that satisfies *after*, or not."""
+        """A read-only session on a usable replica, or the primary. Its connection is
+        checked out by its first statement; a replica that died since the last probe is
+        then marked down and the next one (or the primary) serves the session."""
         needed = self._needed(after)
-        factory = self._pick(needed, skip)
-        if factory is None and self.settings.replica_wait > 0 and needed is not None:
+        factory = self._pick(needed)
+        if factory is None:
+            factory = await self._wait_or_primary(needed)
+        elif self._fallback_logged:
+            self._note_fallback(False)
+        session = factory()
+        if after is not None:
+            session.sync_session.dbkeel_after = after  # type: ignore[attr-defined]
+        return session
+
+    async def _wait_or_primary(self, needed: LastWrite | None) -> async_sessionmaker[AsyncSession]:
+        factory = None
+        if self.settings.replica_wait > 0 and needed is not None:
             deadline = time.monotonic() + self.settings.replica_wait
             while factory is None and time.monotonic() < deadline:
                 self._changed.clear()
@@ -187,15 +212,31 @@ class ReplicaRouter:
                         await self._changed.wait()
                 except TimeoutError:
                     pass
-                factory = self._pick(needed, skip)
+                factory = self._pick(needed)
         if factory is not None:
             self._note_fallback(False)
             return factory
+        return self._primary_fallback(needed)
+
+    def _primary_fallback(self, needed: LastWrite | None) -> async_sessionmaker[AsyncSession]:
         self._note_fallback(True)
         self.fallbacks += 1
         if self.settings.replica_fallback == "raise":
             raise NoReplicaAvailableError(self._why_none(needed))
         return self.primary_read_only
+
+    def _failed_checkout(self, bind: Any, exc: Exception, after: str | None) -> Engine | None:
+        """The replica of *bind* failed to hand out a connection: mark it down and return
+        the bind of the next usable replica, or of the primary (None: *bind* was the
+        primary's, nothing is left to try)."""
+        node = self._node_of_bind.get(bind)
+        if node is None:
+            return None
+        node.reachable, node.lag, node.error = False, None, type(exc).__name__
+        logger.warning("%s (%s) failed at checkout: %s", node.name, node.url, exc)
+        needed = self._needed(after)
+        factory = self._pick(needed) or self._primary_fallback(needed)
+        return _sync_bind(factory)
 
     def _needed(self, after: str | None) -> LastWrite | None:
         if self.mode.mode == "off":
@@ -209,9 +250,7 @@ class ReplicaRouter:
                 mine = LastWrite(max(theirs.lsn, mine.lsn), max(theirs.at, mine.at), mine.since)
         return mine
 
-    def _pick(
-        self, needed: LastWrite | None, skip: set[int] | None = None
-    ) -> async_sessionmaker[AsyncSession] | None:
+    def _pick(self, needed: LastWrite | None) -> async_sessionmaker[AsyncSession] | None:
         max_lag = self.settings.replica_max_lag
         bound = 0
         if needed is not None:
@@ -226,11 +265,7 @@ class ReplicaRouter:
                         return None  # no sample of the primary since: nothing proves it
                     bound = max(bound, sampled)
         candidates = [
-            node
-            for node in self.nodes
-            if node.usable(max_lag)
-            and node.replay_lsn >= bound
-            and (not skip or id(node) not in skip)
+            node for node in self.nodes if node.usable(max_lag) and node.replay_lsn >= bound
         ]
         if not candidates:
             return None
