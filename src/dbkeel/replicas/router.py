@@ -158,6 +158,10 @@ class ReplicaRouter:
         self._cycle = itertools.count()
         self._fallback_logged = False
         self._changed = asyncio.Event()
+        # the nodes usable as of the last probe (or checkout failure): the common read,
+        # one with no write to wait for, picks among them without looking at each node
+        self._usable: list[Node] = []
+        self._tracks_writes = self.mode.mode != "off"
 
     @property
     def sync_session_class(self) -> type[DbkeelSession]:
@@ -190,11 +194,19 @@ class ReplicaRouter:
         """A read-only session on a usable replica, or the primary. Its connection is
         checked out by its first statement; a replica that died since the last probe is
         then marked down and the next one (or the primary) serves the session."""
-        needed = self._needed(after)
-        factory = self._pick(needed)
-        if factory is None:
-            factory = await self._wait_or_primary(needed)
-        elif self._fallback_logged:
+        if after is not None:
+            needed = self._needed(after)
+        else:  # _needed(None), inlined: this is most reads
+            needed = last_write() if self._tracks_writes else None
+        usable = self._usable
+        factory: async_sessionmaker[AsyncSession] | None
+        if needed is None and usable:
+            factory = usable[next(self._cycle) % len(usable)].factory
+        else:
+            factory = self._pick(needed)
+            if factory is None:
+                factory = await self._wait_or_primary(needed)
+        if self._fallback_logged and factory is not self.primary_read_only:
             self._note_fallback(False)
         session = factory()
         if after is not None:
@@ -233,6 +245,7 @@ class ReplicaRouter:
         if node is None:
             return None
         node.reachable, node.lag, node.error = False, None, type(exc).__name__
+        self.refresh()
         logger.warning("%s (%s) failed at checkout: %s", node.name, node.url, exc)
         needed = self._needed(after)
         factory = self._pick(needed) or self._primary_fallback(needed)
@@ -251,7 +264,6 @@ class ReplicaRouter:
         return mine
 
     def _pick(self, needed: LastWrite | None) -> async_sessionmaker[AsyncSession] | None:
-        max_lag = self.settings.replica_max_lag
         bound = 0
         if needed is not None:
             if self.mode.mode == "window":
@@ -264,9 +276,7 @@ class ReplicaRouter:
                     if sampled is None:
                         return None  # no sample of the primary since: nothing proves it
                     bound = max(bound, sampled)
-        candidates = [
-            node for node in self.nodes if node.usable(max_lag) and node.replay_lsn >= bound
-        ]
+        candidates = [node for node in self._usable if node.replay_lsn >= bound]
         if not candidates:
             return None
         return candidates[next(self._cycle) % len(candidates)].factory
@@ -325,8 +335,15 @@ class ReplicaRouter:
             )
         return report
 
+    def refresh(self) -> None:
+        """Take in the nodes' new states (after a probe or a failed checkout)."""
+        max_lag = self.settings.replica_max_lag
+        self._usable = [node for node in self.nodes if node.usable(max_lag)]
+
     def notify(self) -> None:
-        """Wake reads waiting for a replica to catch up (the prober calls it)."""
+        """Take in the nodes' new states and wake reads waiting for a replica to catch
+        up (the prober calls it after each round)."""
+        self.refresh()
         self._changed.set()
 
     async def dispose(self) -> None:

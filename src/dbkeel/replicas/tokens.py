@@ -84,9 +84,9 @@ def record_position(lsn: int, covers: float) -> LastWrite | None:
     return resolved
 
 
-def last_write() -> LastWrite | None:
-    """The last write of this context, if any."""
-    return _LAST_WRITE.get()
+#: ``last_write()``: the last write of this context, if any. The context variable's own
+#: method, not a function around it: routing calls it for every read-only session.
+last_write = _LAST_WRITE.get
 
 
 def make_token(write: LastWrite | None) -> str:
