@@ -8,6 +8,7 @@ tests/conftest.py).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -421,6 +422,33 @@ async def test_replica_killed_mid_load_fails_no_read_started_after(
     await asyncio.to_thread(cluster.replicas[0].ctl, "start")
     assert done[0] > before > 0
     assert failed == [], (len(failed), failed[:3])
+
+
+def _terminate_replica_clients(cluster: ReplicaCluster) -> None:
+    # Blocking on purpose: the event loop must not see the connections close.
+    for replica in cluster.replicas:
+        replica.psql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+        )
+    time.sleep(0.05)  # the backends' exit reaches the sockets
+
+
+async def test_first_statement_on_a_connection_the_replica_closed_runs_elsewhere(
+    cluster: ReplicaCluster,
+) -> None:
+    # The replicas' backends are terminated while the event loop is blocked (psql runs
+    # synchronously), so the pooled connections do not know yet that they are closed and
+    # pass the checkout check; the read's first statement (BEGIN) then fails. Nothing was
+    # read yet and the transaction is read-only: it runs on another node, not as an error.
+    settings = _settings(cluster, read_your_writes="off", replica_probe_interval=60)
+    async with DatabaseManager(settings) as db:
+        for _ in range(4):  # a pooled connection on each replica
+            assert await _in_recovery(db, read_only=True) is True
+        _terminate_replica_clients(cluster)
+        async with db.get_session(read_only=True) as session:
+            count = await session.execute(text("SELECT count(*) FROM items"))
+            assert count.scalar_one() >= 0
 
 
 async def test_replica_pools_are_monitored_with_node_labels(cluster: ReplicaCluster) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from dbkeel._masking import mask_url, node_address
@@ -98,8 +98,9 @@ def _discard_closed(dbapi_connection: Any, record: Any, proxy: Any) -> None:
 
 class _NodeSession(DbkeelSession):
     """A read-only session on a replica that, when its first connection cannot be
-    checked out (the replica died since the last probe), marks that replica down and
-    connects to the next usable one, or the primary, in the same call.
+    checked out or its first statement finds that connection dead (the replica died
+    since the last probe), marks that replica down and runs on the next usable one, or
+    the primary, in the same call.
 
     The connection is checked out lazily, by the session's first statement, as on a
     manager without replicas: checking it out at ``get_session()`` time would cost a
@@ -122,6 +123,26 @@ class _NodeSession(DbkeelSession):
                 raise
         self.bind = fallback  # the session's later statements go there too
         return self._connection_for_bind(fallback, execution_options, **kw)
+
+    def _execute_internal(self, *args: Any, **kw: Any) -> Any:
+        transaction = self._transaction
+        if transaction is not None and transaction._connections:
+            return super()._execute_internal(*args, **kw)
+        try:
+            return super()._execute_internal(*args, **kw)
+        except DBAPIError as exc:
+            # The session's first statement found its connection dead: the server died
+            # after the pool's checkout check (its close not yet seen by the event loop).
+            # Nothing was read and the transaction is read-only: run it elsewhere.
+            if not exc.connection_invalidated:
+                raise
+            failed = self.bind
+            self.rollback()  # drops the dead connection; no round trip
+            fallback = self._router._failed_checkout(failed, exc, self.dbkeel_after)
+            if fallback is None:
+                raise
+        self.bind = fallback
+        return self._execute_internal(*args, **kw)
 
 
 def _sync_bind(factory: async_sessionmaker[AsyncSession]) -> Engine:
@@ -246,7 +267,7 @@ class ReplicaRouter:
             return None
         node.reachable, node.lag, node.error = False, None, type(exc).__name__
         self.refresh()
-        logger.warning("%s (%s) failed at checkout: %s", node.name, node.url, exc)
+        logger.warning("%s (%s) failed on a new session: %s", node.name, node.url, exc)
         needed = self._needed(after)
         factory = self._pick(needed) or self._primary_fallback(needed)
         return _sync_bind(factory)
