@@ -234,6 +234,28 @@ def test_commit_bound_is_the_first_primary_sample_started_after_it() -> None:
     assert samples.latest == 309
 
 
+def test_a_commit_records_its_time_and_the_router_its_bound() -> None:
+    import contextvars
+
+    from dbkeel.replicas import tokens
+
+    def run() -> None:
+        tokens.record_write(pending=True)
+        write = tokens.last_write()
+        assert write is not None and write.since > 0 and write.lsn == 0
+        # no bound known (no router asked): a token no replica satisfies, never a stale one
+        assert parse_token(tokens.make_token(write)).lsn == tokens.UNREACHABLE
+        resolved = tokens.record_position(0x5000, covers=write.since)
+        assert resolved is not None and resolved.since == 0 and resolved.lsn == 0x5000
+        assert tokens.make_token(resolved).startswith("lsn:0/5000@")
+        tokens.record_write(pending=True)  # a later commit: pending again, floor kept
+        later = tokens.last_write()
+        assert later is not None and later.since >= write.since and later.lsn == 0x5000
+
+    contextvars.copy_context().run(run)
+    assert tokens.last_write() is None  # other contexts never see it
+
+
 async def test_read_right_after_a_write_is_not_stale_on_paused_replicas(
     cluster: ReplicaCluster, rdb: DatabaseManager
 ) -> None:
