@@ -134,8 +134,8 @@ class _NodeSession(DbkeelSession):
             # The session's first statement found its connection dead: the server died
             # after the pool's checkout check (its close not yet seen by the event loop).
             # Nothing was read and the transaction is read-only: run it elsewhere.
-            if not exc.connection_invalidated:
-                raise
+            if not exc.connection_invalidated or self.new or self.dirty or self.deleted:
+                raise  # (pending changes: a rollback would drop them without a word)
             failed = self.bind
             self.rollback()  # drops the dead connection; no round trip
             fallback = self._router._failed_checkout(failed, exc, self.dbkeel_after)
