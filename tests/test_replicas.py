@@ -8,7 +8,9 @@ tests/conftest.py).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -21,7 +23,9 @@ from dbkeel.exceptions import (
     NoReplicaAvailableError,
     ReadOnlyTransactionError,
 )
+from dbkeel.replicas.positions import PrimarySamples
 from dbkeel.replicas.prober import probe_once
+from dbkeel.replicas.tokens import parse_lsn, parse_token
 from tests.conftest import make_settings
 from tests.replica_rig import ReplicaCluster
 
@@ -41,6 +45,17 @@ def _settings(rig: ReplicaCluster, **overrides: Any) -> Any:
 async def rdb(cluster: ReplicaCluster) -> AsyncIterator[DatabaseManager]:
     async with DatabaseManager(_settings(cluster)) as manager:
         yield manager
+
+
+@contextmanager
+def _replay_paused(cluster: ReplicaCluster) -> Iterator[None]:
+    for replica in cluster.replicas:
+        replica.psql("SELECT pg_wal_replay_pause()")
+    try:
+        yield
+    finally:
+        for replica in cluster.replicas:
+            replica.psql("SELECT pg_wal_replay_resume()")
 
 
 async def _in_recovery(db: DatabaseManager, **kwargs: Any) -> bool:
@@ -193,13 +208,137 @@ async def test_consistency_token_across_contexts(rdb: DatabaseManager) -> None:
     async def write() -> str:
         async with rdb.get_session() as session:
             await session.execute(text("INSERT INTO items VALUES (4000000, 't')"))
-        return rdb.consistency_token()
+        return await rdb.consistency_token()
 
     token = await asyncio.create_task(write())  # another context: its write is not ours
     assert token.startswith("lsn:")
     async with rdb.get_session(read_only=True, after=token) as session:
         found = await session.execute(text("SELECT 1 FROM items WHERE id = 4000000"))
         assert found.scalar() == 1
+
+
+def test_commit_bound_is_the_first_primary_sample_started_after_it() -> None:
+    samples = PrimarySamples(keep=2)
+    assert samples.bound(1.0) is None  # nothing sampled yet: unknown, not 0
+    samples.add(2.0, 100)
+    samples.add(3.0, 100)  # an idle primary: the same position, a later sample
+    samples.add(4.0, 250)
+    samples.add(3.5, 200)  # started before the latest: dropped
+    assert samples.bound(1.0) == 100
+    assert samples.bound(2.5) == 100  # the sample of 3.0 started after the commit
+    assert samples.bound(3.0) == 250
+    assert samples.bound(4.0) is None
+    for i in range(10):  # old samples go; a commit older than all is bounded by the oldest
+        samples.add(5.0 + i, 300 + i)
+    assert (samples.bound(0.0) or 0) >= 250
+    assert samples.latest == 309
+
+
+def test_a_commit_records_its_time_and_the_router_its_bound() -> None:
+    import contextvars
+
+    from dbkeel.replicas import tokens
+
+    def run() -> None:
+        tokens.record_write(pending=True)
+        write = tokens.last_write()
+        assert write is not None and write.since > 0 and write.lsn == 0
+        # no bound known (no router asked): a token no replica satisfies, never a stale one
+        assert parse_token(tokens.make_token(write)).lsn == tokens.UNREACHABLE
+        resolved = tokens.record_position(0x5000, covers=write.since)
+        assert resolved is not None and resolved.since == 0 and resolved.lsn == 0x5000
+        assert tokens.make_token(resolved).startswith("lsn:0/5000@")
+        tokens.record_write(pending=True)  # a later commit: pending again, floor kept
+        later = tokens.last_write()
+        assert later is not None and later.since >= write.since and later.lsn == 0x5000
+
+    contextvars.copy_context().run(run)
+    assert tokens.last_write() is None  # other contexts never see it
+
+
+async def test_read_right_after_a_write_is_not_stale_on_paused_replicas(
+    cluster: ReplicaCluster, rdb: DatabaseManager
+) -> None:
+    # The commit records no position; the read must not take a replica that is
+    # usable (within the lag limit) but has not replayed the write, neither before the
+    # prober sampled the primary after the commit nor after it did.
+    router = rdb.router
+    assert router is not None
+
+    async def read(key: int) -> tuple[int | None, bool]:
+        async with rdb.get_session(read_only=True) as session:
+            found = await session.execute(text("SELECT 1 FROM items WHERE id = :k"), {"k": key})
+            recovery = await session.execute(text("SELECT pg_is_in_recovery()"))
+            return found.scalar(), bool(recovery.scalar_one())
+
+    async def write_then_read() -> list[tuple[int | None, bool]]:
+        async with rdb.get_session() as session:
+            await session.execute(text("INSERT INTO items VALUES (7000000, 'w')"))
+        seen = [await read(7000000)]
+        await probe_once(router)  # the bound is known now: past what the replicas have
+        await probe_once(router)
+        assert all(n.usable(rdb.settings.replica_max_lag) for n in router.nodes)
+        seen.append(await read(7000000))
+        return seen
+
+    with _replay_paused(cluster):
+        assert await asyncio.create_task(write_then_read()) == [(1, False), (1, False)]
+
+
+async def test_read_after_a_write_goes_to_a_replica_once_it_replayed_the_bound(
+    rdb: DatabaseManager,
+) -> None:
+    router = rdb.router
+    assert router is not None
+
+    async def write_then_read() -> list[bool]:
+        async with rdb.get_session() as session:
+            await session.execute(text("INSERT INTO items VALUES (7100000, 'w')"))
+        landed: list[bool] = []
+        while not landed or not landed[-1]:
+            assert len(landed) < 100, "no replica was used after the write replayed"
+            async with rdb.get_session(read_only=True) as session:
+                found = await session.execute(text("SELECT 1 FROM items WHERE id = 7100000"))
+                assert found.scalar() == 1  # never stale, wherever it landed
+                recovery = await session.execute(text("SELECT pg_is_in_recovery()"))
+                landed.append(bool(recovery.scalar_one()))
+            await probe_once(router)
+        return landed
+
+    landed = await asyncio.create_task(write_then_read())
+    assert landed[-1] is True
+
+
+@pytest.mark.parametrize("sampled", [False, True], ids=["right-after-the-write", "after-a-probe"])
+async def test_consistency_token_after_a_write_is_at_or_past_its_commit(
+    cluster: ReplicaCluster, rdb: DatabaseManager, sampled: bool
+) -> None:
+    # The commit record's end, found in the WAL itself (pg_walinspect), is what a replica
+    # must have replayed to see the write; the token must be at or past it, whether its
+    # position comes from a prober sample taken after the commit or is read on demand.
+    cluster.primary.psql("CREATE EXTENSION IF NOT EXISTS pg_walinspect")
+    router = rdb.router
+    assert router is not None
+    key = 7200000 + sampled
+
+    async def write() -> tuple[str, str, str, str]:
+        async with rdb.get_session() as session:
+            start = await session.scalar(text("SELECT pg_current_wal_insert_lsn()::text"))
+            xid = await session.scalar(text("SELECT pg_current_xact_id()::xid::text"))
+            await session.execute(text("INSERT INTO items VALUES (:k, 't')"), {"k": key})
+        if sampled:
+            await probe_once(router)
+        token = await rdb.consistency_token()
+        return token, await rdb.consistency_token(), str(start), str(xid)
+
+    token, again, start, xid = await asyncio.create_task(write())
+    assert again == token  # resolved once, then kept in the context
+    commit_end = cluster.primary.psql(
+        f"SELECT end_lsn FROM pg_get_wal_records_info('{start}', pg_current_wal_flush_lsn()) "
+        f"WHERE xid = '{xid}'::xid AND record_type = 'COMMIT'"
+    )
+    assert commit_end, f"no COMMIT record of xid {xid} after {start}"
+    assert parse_token(token).lsn >= parse_lsn(commit_end)
 
 
 async def test_paused_replica_is_skipped_then_used_again(cluster: ReplicaCluster) -> None:
@@ -305,6 +444,33 @@ async def test_replica_killed_mid_load_fails_no_read_started_after(
     await asyncio.to_thread(cluster.replicas[0].ctl, "start")
     assert done[0] > before > 0
     assert failed == [], (len(failed), failed[:3])
+
+
+def _terminate_replica_clients(cluster: ReplicaCluster) -> None:
+    # Blocking on purpose: the event loop must not see the connections close.
+    for replica in cluster.replicas:
+        replica.psql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+        )
+    time.sleep(0.05)  # the backends' exit reaches the sockets
+
+
+async def test_first_statement_on_a_connection_the_replica_closed_runs_elsewhere(
+    cluster: ReplicaCluster,
+) -> None:
+    # The replicas' backends are terminated while the event loop is blocked (psql runs
+    # synchronously), so the pooled connections do not know yet that they are closed and
+    # pass the checkout check; the read's first statement (BEGIN) then fails. Nothing was
+    # read yet and the transaction is read-only: it runs on another node, not as an error.
+    settings = _settings(cluster, read_your_writes="off", replica_probe_interval=60)
+    async with DatabaseManager(settings) as db:
+        for _ in range(4):  # a pooled connection on each replica
+            assert await _in_recovery(db, read_only=True) is True
+        _terminate_replica_clients(cluster)
+        async with db.get_session(read_only=True) as session:
+            count = await session.execute(text("SELECT count(*) FROM items"))
+            assert count.scalar_one() >= 0
 
 
 async def test_replica_pools_are_monitored_with_node_labels(cluster: ReplicaCluster) -> None:

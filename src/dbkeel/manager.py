@@ -335,17 +335,20 @@ class DatabaseManager:
             raise self._not_ready("get_session")
         return self._read_only_factory()
 
-    def consistency_token(self) -> str:
+    async def consistency_token(self) -> str:
         """An opaque string naming this context's last committed write.
 
         Hand it to a later request (header, cookie) and pass it back as
         ``get_session(read_only=True, after=token)``: that read then sees the write, on
-        whichever node it lands.
+        whichever node it lands. Right after a write this may read the primary's WAL
+        position (one round trip); see docs/replicas.md.
 
         Example::
 
-            response.headers["X-Consistency"] = db.consistency_token()
+            response.headers["X-Consistency"] = await db.consistency_token()
         """
+        if self._router is not None:
+            return await self._router.token()
         from dbkeel.replicas.tokens import last_write, make_token
 
         return make_token(last_write())

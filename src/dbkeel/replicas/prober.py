@@ -31,7 +31,9 @@ _PG_REPLICA = text(
     "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, "
     "EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp())::float8"
 )
-_PG_PRIMARY = text("SELECT pg_current_wal_lsn()::text")
+# write position (lag: what a replica can have) and insert position (read-your-writes
+# bounds: at or past every commit record inserted before the query ran)
+_PG_PRIMARY = text("SELECT pg_current_wal_lsn()::text, pg_current_wal_insert_lsn()::text")
 _MYSQL_REPLICA = text("SHOW REPLICA STATUS")
 
 
@@ -39,7 +41,12 @@ async def _probe_primary(router: ReplicaRouter, limit: float) -> None:
     try:
         async with asyncio.timeout(limit):
             async with router.primary_engine.connect() as conn:
-                lsn = parse_lsn((await conn.execute(_PG_PRIMARY)).scalar_one())
+                # no BEGIN/ROLLBACK around one function call: one round trip
+                await conn.execution_options(isolation_level="AUTOCOMMIT")
+                started = time.monotonic()  # before the query is sent: see positions.py
+                written, inserted = (await conn.execute(_PG_PRIMARY)).one()
+        router.samples.add(started, parse_lsn(inserted))
+        lsn = parse_lsn(written)
         if lsn > router.primary_lsn:
             router.primary_lsn = lsn
             router.primary_history.append((lsn, time.monotonic()))

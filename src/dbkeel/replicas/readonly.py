@@ -63,15 +63,23 @@ def session_factory(
     )
 
 
-def read_only_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    """A session factory on *engine* whose transactions are read-only."""
+def read_only_factory(
+    engine: AsyncEngine, extend: type[Session] | None = None
+) -> async_sessionmaker[AsyncSession]:
+    """A session factory on *engine* whose transactions are read-only.
+
+    *extend*: a session class to mix in first (the router's replica-node behaviour).
+    """
     backend = engine.dialect.name
+    base: type[Session] = DbkeelSession
     if backend == "postgresql":
-        return session_factory(engine.execution_options(postgresql_readonly=True))
-    if backend in ("mysql", "mariadb"):
-        return session_factory(engine, _MySQLReadOnlySession)
-    if backend == "sqlite":
+        engine = engine.execution_options(postgresql_readonly=True)
+    elif backend in ("mysql", "mariadb"):
+        base = _MySQLReadOnlySession
+    elif backend == "sqlite":
         if not event.contains(engine.sync_engine.pool, "checkin", _sqlite_reset):
             event.listen(engine.sync_engine.pool, "checkin", _sqlite_reset)
-        return session_factory(engine, _SQLiteReadOnlySession)
-    return session_factory(engine)
+        base = _SQLiteReadOnlySession
+    if extend is not None:
+        base = type(extend.__name__, (extend, base), {})
+    return session_factory(engine, base)

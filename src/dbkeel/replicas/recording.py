@@ -9,9 +9,9 @@ since a CTE may modify rows. A ``SELECT`` that writes only through a function it
 (``SELECT nextval(...)``) is not seen as one.
 
 ``lsn`` mode (:class:`RecordingSession`): after COMMIT of a transaction that wrote, the
-commit's WAL position is read on the same connection, before it returns to the pool,
-with the driver's own call (one round trip, no transaction). ``window`` mode
-(:class:`WindowSession`): the time of the commit.
+monotonic time the commit finished; no round trip. The router bounds its WAL position
+with the first sample of the primary's position taken after that time (positions.py).
+``window`` mode (:class:`WindowSession`): the wall-clock time of the commit.
 """
 
 from __future__ import annotations
@@ -24,10 +24,9 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine, ExecutionContext
 from sqlalchemy.engine.default import DefaultExecutionContext
 from sqlalchemy.orm import Session, SessionTransaction
-from sqlalchemy.util import await_
 
 from dbkeel.mixins.session import DbkeelSession
-from dbkeel.replicas.tokens import parse_lsn, record_write
+from dbkeel.replicas.tokens import record_write
 
 __all__ = ["RecordingSession", "WindowSession", "is_write", "watch_writes"]
 
@@ -90,24 +89,13 @@ def _forget(session: Session) -> None:
 
 
 class RecordingSession(DbkeelSession):
-    """A read-write session that notes the commit's WAL position (``lsn`` mode)."""
+    """A read-write session that notes when a commit that wrote finished (``lsn`` mode)."""
 
 
 @event.listens_for(RecordingSession, "after_commit")
-def _record_commit_lsn(session: Session) -> None:
-    connection = _wrote(session)
-    if connection is None:
-        return
-    try:
-        driver = connection.connection.driver_connection
-        lsn = await_(driver.fetchval("SELECT pg_current_wal_insert_lsn()::text"))
-    except Exception:
-        # The commit succeeded; without its position, the next read of this context
-        # goes to the primary (safe) instead of failing the request.
-        logger.warning("could not read the commit's WAL position", exc_info=True)
-        record_write(1 << 63)
-        return
-    record_write(parse_lsn(lsn))
+def _record_commit(session: Session) -> None:
+    if _wrote(session) is not None:
+        record_write(pending=True)
 
 
 class WindowSession(DbkeelSession):
@@ -117,7 +105,7 @@ class WindowSession(DbkeelSession):
 @event.listens_for(WindowSession, "after_commit")
 def _record_commit_time(session: Session) -> None:
     if _wrote(session) is not None:
-        record_write(0)
+        record_write(pending=False)
 
 
 for _cls in (RecordingSession, WindowSession):

@@ -3,8 +3,11 @@
 Routing decides from what the health prober last saw (no extra round trip per session):
 a replica is used when it is reachable, really in recovery, no further behind than
 ``DATABASE_REPLICA_MAX_LAG``, and (``lsn`` mode) has replayed past the context's last
-write. Among those, round-robin. With none, the primary serves the read (or
-:class:`NoReplicaAvailableError`, by setting); each change of that state is logged once.
+write: past the position of the first sample of the primary taken after that write
+finished (positions.py), so a read right after a write goes to the primary until the
+prober has seen both the primary and a replica move on. Among those, round-robin. With
+none, the primary serves the read (or :class:`NoReplicaAvailableError`, by setting); each
+change of that state is logged once.
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import event
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy import event, text
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from dbkeel._masking import mask_url, node_address
@@ -28,9 +32,17 @@ from dbkeel.mixins.session import DbkeelSession
 from dbkeel.monitoring.health import NodeReport
 from dbkeel.monitoring.pool import PoolMonitor
 from dbkeel.replicas.config import ReadYourWrites
+from dbkeel.replicas.positions import PrimarySamples
 from dbkeel.replicas.readonly import read_only_factory
 from dbkeel.replicas.recording import RecordingSession, WindowSession, watch_writes
-from dbkeel.replicas.tokens import LastWrite, last_write, parse_token
+from dbkeel.replicas.tokens import (
+    LastWrite,
+    last_write,
+    make_token,
+    parse_lsn,
+    parse_token,
+    record_position,
+)
 from dbkeel.settings import DatabaseSettings
 
 __all__ = ["Node", "ReplicaRouter"]
@@ -38,6 +50,7 @@ __all__ = ["Node", "ReplicaRouter"]
 logger = logging.getLogger(__name__)
 
 _WROTE = "dbkeel_wrote"
+_INSERT_POSITION = text("SELECT pg_current_wal_insert_lsn()::text")
 
 
 @dataclass
@@ -83,6 +96,59 @@ def _discard_closed(dbapi_connection: Any, record: Any, proxy: Any) -> None:
         raise DisconnectionError("replica connection closed by the server")
 
 
+class _NodeSession(DbkeelSession):
+    """A read-only session on a replica that, when its first connection cannot be
+    checked out or its first statement finds that connection dead (the replica died
+    since the last probe), marks that replica down and runs on the next usable one, or
+    the primary, in the same call.
+
+    The connection is checked out lazily, by the session's first statement, as on a
+    manager without replicas: checking it out at ``get_session()`` time would cost a
+    greenlet switch per session. Subclassed per router (``_router``)."""
+
+    _router: ReplicaRouter
+    dbkeel_after: str | None = None  # the session's consistency token, if any
+
+    def _connection_for_bind(
+        self, engine: Any, execution_options: Any = None, **kw: Any
+    ) -> Connection:
+        try:
+            return super()._connection_for_bind(engine, execution_options, **kw)
+        except Exception as exc:
+            transaction = self._transaction
+            if transaction is not None and transaction._connections:
+                raise  # it failed on a connection it had: not a checkout
+            fallback = self._router._failed_checkout(engine, exc, self.dbkeel_after)
+            if fallback is None:
+                raise
+        self.bind = fallback  # the session's later statements go there too
+        return self._connection_for_bind(fallback, execution_options, **kw)
+
+    def _execute_internal(self, *args: Any, **kw: Any) -> Any:
+        transaction = self._transaction
+        if transaction is not None and transaction._connections:
+            return super()._execute_internal(*args, **kw)
+        try:
+            return super()._execute_internal(*args, **kw)
+        except DBAPIError as exc:
+            # The session's first statement found its connection dead: the server died
+            # after the pool's checkout check (its close not yet seen by the event loop).
+            # Nothing was read and the transaction is read-only: run it elsewhere.
+            if not exc.connection_invalidated or self.new or self.dirty or self.deleted:
+                raise  # (pending changes: a rollback would drop them without a word)
+            failed = self.bind
+            self.rollback()  # drops the dead connection; no round trip
+            fallback = self._router._failed_checkout(failed, exc, self.dbkeel_after)
+            if fallback is None:
+                raise
+        self.bind = fallback
+        return self._execute_internal(*args, **kw)
+
+
+def _sync_bind(factory: async_sessionmaker[AsyncSession]) -> Engine:
+    return factory.kw["bind"].sync_engine  # type: ignore[no-any-return]
+
+
 class ReplicaRouter:
     """The primary's read-only factory, the replica nodes and the routing rule."""
 
@@ -94,61 +160,83 @@ class ReplicaRouter:
         self.primary_engine = primary
         self.primary_read_only = read_only_factory(primary)
         watch_writes(primary.sync_engine)  # which transactions wrote (read-your-writes)
+        session_class = type("ReplicaSession", (_NodeSession,), {"_router": self})
         self.nodes = [
-            Node(f"replica-{i}", mask_url(engine.url), engine, read_only_factory(engine))
-            for i, engine in enumerate(replicas, start=1)
+            Node(f"replica-{i}", mask_url(e.url), e, read_only_factory(e, session_class))
+            for i, e in enumerate(replicas, start=1)
         ]
-        for engine in replicas:
-            event.listen(engine.sync_engine.pool, "checkout", _discard_closed)
+        # the sync engine each node's sessions are bound to (read-only options applied)
+        self._node_of_bind = {_sync_bind(n.factory): n for n in self.nodes}
+        if not settings.effective_pre_ping:  # with it the engine's checkout does the same
+            for engine in replicas:
+                event.listen(engine.sync_engine.pool, "checkout", _discard_closed)
         self.primary_lsn = 0
+        # the primary's insert position over time: bounds of this context's commits
+        self.samples = PrimarySamples()
         # (position, monotonic time first seen) of the primary, for the lag estimate
         self.primary_history: deque[tuple[int, float]] = deque(maxlen=1024)
         self.fallbacks = 0  # reads the primary served because no replica was usable
         self._cycle = itertools.count()
         self._fallback_logged = False
         self._changed = asyncio.Event()
+        # the nodes usable as of the last probe (or checkout failure): the common read,
+        # one with no write to wait for, picks among them without looking at each node
+        self._usable: list[Node] = []
+        self._tracks_writes = self.mode.mode != "off"
 
     @property
     def sync_session_class(self) -> type[DbkeelSession]:
         """Session class of read-write sessions (records commit positions in lsn mode)."""
         return RecordingSession if self.mode.mode == "lsn" else WindowSession
 
-    def token(self) -> str:
-        """This context's consistency token."""
-        from dbkeel.replicas.tokens import make_token
+    async def token(self) -> str:
+        """This context's consistency token: its last write's position, or a later one.
 
-        return make_token(last_write())
+        From the prober's samples when one was taken after the write finished; else read
+        from the primary now (one round trip, paid only by callers of the token).
+        """
+        mine = last_write()
+        if mine is not None and mine.since:
+            bound = self.samples.bound(mine.since)
+            if bound is None:
+                started = time.monotonic()
+                bound = await self._primary_position()
+                self.samples.add(started, bound)
+            mine = record_position(bound, covers=mine.since)
+        return make_token(mine)
+
+    async def _primary_position(self) -> int:
+        async with self.primary_engine.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")  # no BEGIN
+            found = await conn.execute(_INSERT_POSITION)
+            return parse_lsn(found.scalar_one())
 
     async def read_session(self, after: str | None) -> AsyncSession:
-        """A read-only session, its connection checked out: a replica that died since the
-        last probe is marked down and the next candidate (or the primary) is used."""
-        tried: set[int] = set()
-        while True:
-            factory = await self.read_factory(after, skip=tried)
-            session = factory()
-            node = self._node_of(factory)
-            if node is None:
-                return session  # the primary: connected lazily, as any session
-            try:
-                await session.connection()
-            except Exception as exc:  # a checkout that fails is a dead replica
-                await asyncio.shield(session.close())
-                node.reachable, node.lag, node.error = False, None, type(exc).__name__
-                logger.warning("%s (%s) failed at checkout: %s", node.name, node.url, exc)
-                tried.add(id(node))
-                continue
-            return session
+        """A read-only session on a usable replica, or the primary. Its connection is
+        checked out by its first statement; a replica that died since the last probe is
+        then marked down and the next one (or the primary) serves the session."""
+        if after is not None:
+            needed = self._needed(after)
+        else:  # _needed(None), inlined: this is most reads
+            needed = last_write() if self._tracks_writes else None
+        usable = self._usable
+        factory: async_sessionmaker[AsyncSession] | None
+        if needed is None and usable:
+            factory = usable[next(self._cycle) % len(usable)].factory
+        else:
+            factory = self._pick(needed)
+            if factory is None:
+                factory = await self._wait_or_primary(needed)
+        if self._fallback_logged and factory is not self.primary_read_only:
+            self._note_fallback(False)
+        session = factory()
+        if after is not None:
+            session.sync_session.dbkeel_after = after  # type: ignore[attr-defined]
+        return session
 
-    def _node_of(self, factory: async_sessionmaker[AsyncSession]) -> Node | None:
-        return next((n for n in self.nodes if n.factory is factory), None)
-
-    async def read_factory(
-        self, after: str | None, skip: set[int] | None = None
-    ) -> async_sessionmaker[AsyncSession]:
-        """The factory of a read-only session: a replica that satisfies *after*, or not."""
-        needed = self._needed(after)
-        factory = self._pick(needed, skip)
-        if factory is None and self.settings.replica_wait > 0 and needed is not None:
+    async def _wait_or_primary(self, needed: LastWrite | None) -> async_sessionmaker[AsyncSession]:
+        factory = None
+        if self.settings.replica_wait > 0 and needed is not None:
             deadline = time.monotonic() + self.settings.replica_wait
             while factory is None and time.monotonic() < deadline:
                 self._changed.clear()
@@ -157,15 +245,32 @@ class ReplicaRouter:
                         await self._changed.wait()
                 except TimeoutError:
                     pass
-                factory = self._pick(needed, skip)
+                factory = self._pick(needed)
         if factory is not None:
             self._note_fallback(False)
             return factory
+        return self._primary_fallback(needed)
+
+    def _primary_fallback(self, needed: LastWrite | None) -> async_sessionmaker[AsyncSession]:
         self._note_fallback(True)
         self.fallbacks += 1
         if self.settings.replica_fallback == "raise":
             raise NoReplicaAvailableError(self._why_none(needed))
         return self.primary_read_only
+
+    def _failed_checkout(self, bind: Any, exc: Exception, after: str | None) -> Engine | None:
+        """The replica of *bind* failed to hand out a connection: mark it down and return
+        the bind of the next usable replica, or of the primary (None: *bind* was the
+        primary's, nothing is left to try)."""
+        node = self._node_of_bind.get(bind)
+        if node is None:
+            return None
+        node.reachable, node.lag, node.error = False, None, type(exc).__name__
+        self.refresh()
+        logger.warning("%s (%s) failed on a new session: %s", node.name, node.url, exc)
+        needed = self._needed(after)
+        factory = self._pick(needed) or self._primary_fallback(needed)
+        return _sync_bind(factory)
 
     def _needed(self, after: str | None) -> LastWrite | None:
         if self.mode.mode == "off":
@@ -173,25 +278,26 @@ class ReplicaRouter:
         mine = last_write()
         if after is not None:
             theirs = parse_token(after)
-            if mine is None or theirs.lsn > mine.lsn or theirs.at > mine.at:
-                mine = LastWrite(max(theirs.lsn, mine.lsn if mine else 0), theirs.at)
+            if mine is None:
+                return theirs
+            if theirs.lsn > mine.lsn or theirs.at > mine.at:
+                mine = LastWrite(max(theirs.lsn, mine.lsn), max(theirs.at, mine.at), mine.since)
         return mine
 
-    def _pick(
-        self, needed: LastWrite | None, skip: set[int] | None = None
-    ) -> async_sessionmaker[AsyncSession] | None:
-        max_lag = self.settings.replica_max_lag
-        if needed is not None and self.mode.mode == "window":
-            if time.time() - needed.at < self.mode.window:
-                return None
-            needed = None
-        candidates = [
-            node
-            for node in self.nodes
-            if node.usable(max_lag)
-            and (needed is None or node.replay_lsn >= needed.lsn)
-            and (not skip or id(node) not in skip)
-        ]
+    def _pick(self, needed: LastWrite | None) -> async_sessionmaker[AsyncSession] | None:
+        bound = 0
+        if needed is not None:
+            if self.mode.mode == "window":
+                if time.time() - needed.at < self.mode.window:
+                    return None
+            else:
+                bound = needed.lsn
+                if needed.since:  # a commit of this context whose position is not known
+                    sampled = self.samples.bound(needed.since)
+                    if sampled is None:
+                        return None  # no sample of the primary since: nothing proves it
+                    bound = max(bound, sampled)
+        candidates = [node for node in self._usable if node.replay_lsn >= bound]
         if not candidates:
             return None
         return candidates[next(self._cycle) % len(candidates)].factory
@@ -250,8 +356,15 @@ class ReplicaRouter:
             )
         return report
 
+    def refresh(self) -> None:
+        """Take in the nodes' new states (after a probe or a failed checkout)."""
+        max_lag = self.settings.replica_max_lag
+        self._usable = [node for node in self.nodes if node.usable(max_lag)]
+
     def notify(self) -> None:
-        """Wake reads waiting for a replica to catch up (the prober calls it)."""
+        """Take in the nodes' new states and wake reads waiting for a replica to catch
+        up (the prober calls it after each round)."""
+        self.refresh()
         self._changed.set()
 
     async def dispose(self) -> None:
