@@ -35,7 +35,6 @@ Example::
 from __future__ import annotations
 
 import logging
-import re
 import weakref
 from collections.abc import Iterator
 from time import perf_counter
@@ -43,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
 
+from dbkeel import _sql
 from dbkeel.exceptions import MissingDependencyError
 from dbkeel.insight.context import current_context
 from dbkeel.monitoring.stats import Histogram
@@ -79,7 +79,6 @@ STATEMENT_BUCKETS: tuple[float, ...] = (
 )  # fmt: skip
 OTHER_OPERATION = "<other>"
 _START = "_dbkeel_metrics_start"
-_KEYWORD = re.compile(r"\s*(?:/\*.*?\*/\s*)*([A-Za-z]+)", re.DOTALL)
 _BY_ENGINE: weakref.WeakKeyDictionary[Any, StatementMetrics] = weakref.WeakKeyDictionary()
 _COLLECTORS: weakref.WeakKeyDictionary[Any, StatementCollector] = weakref.WeakKeyDictionary()
 
@@ -91,10 +90,7 @@ def statement_kind(statement: str) -> str:
 
         statement_kind("  select * from t")  # "SELECT"
     """
-    match = _KEYWORD.match(statement)
-    if match is None:
-        return "OTHER"
-    keyword = match.group(1).upper()
+    keyword = _sql.keyword(statement)
     return keyword if keyword in KINDS else "OTHER"
 
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
 
+from dbkeel import _sql
 from dbkeel.exceptions import MissingDependencyError
 
 if TYPE_CHECKING:
@@ -144,7 +145,7 @@ class StatementSpans:
         attributes = dict(self._base)
         system = self._system_of(conn)
         attributes["db.system.name"] = system
-        operation = statement.lstrip().split(None, 1)[0].upper() if statement.strip() else ""
+        operation = _sql.keyword(statement)
         if operation:
             attributes["db.operation.name"] = operation
         table = _collection(context)
