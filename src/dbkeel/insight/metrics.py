@@ -37,18 +37,15 @@ from __future__ import annotations
 import logging
 import weakref
 from collections.abc import Iterator
-from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import event
-
-from dbkeel import _sql
+from dbkeel import _sql, _timer
 from dbkeel.exceptions import MissingDependencyError
 from dbkeel.insight.context import current_context
 from dbkeel.monitoring.stats import Histogram
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Connection, Engine, ExceptionContext, ExecutionContext
+    from sqlalchemy.engine import Engine, ExceptionContext, ExecutionContext
     from sqlalchemy.ext.asyncio import AsyncEngine
 
     from dbkeel.manager import DatabaseManager
@@ -78,7 +75,6 @@ STATEMENT_BUCKETS: tuple[float, ...] = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
 OTHER_OPERATION = "<other>"
-_START = "_dbkeel_metrics_start"
 _BY_ENGINE: weakref.WeakKeyDictionary[Any, StatementMetrics] = weakref.WeakKeyDictionary()
 _COLLECTORS: weakref.WeakKeyDictionary[Any, StatementCollector] = weakref.WeakKeyDictionary()
 
@@ -122,41 +118,24 @@ class StatementMetrics:
     # -- engine events ------------------------------------------------------------------
 
     def attach(self, engine: Engine) -> None:
-        event.listen(engine, "before_cursor_execute", self._before)
-        event.listen(engine, "after_cursor_execute", self._after)
-        event.listen(engine, "handle_error", self._error)
-
-    def _before(
-        self,
-        conn: Connection,
-        cursor: Any,
-        statement: str,
-        parameters: Any,
-        context: ExecutionContext | None,
-        executemany: bool,
-    ) -> None:
-        if context is not None:
-            setattr(context, _START, perf_counter())
+        _timer.StatementTimer.of(engine).add(self._after, error=self._error)
 
     def _after(
         self,
-        conn: Connection,
         cursor: Any,
         statement: str,
         parameters: Any,
         context: ExecutionContext | None,
         executemany: bool,
+        elapsed: float,
     ) -> None:
-        start = getattr(context, _START, None)
-        if start is not None:
-            self.observe(statement_kind(statement), perf_counter() - start)
+        self.observe(statement_kind(statement), elapsed)
 
-    def _error(self, exception_context: ExceptionContext) -> None:
-        start = getattr(exception_context.execution_context, _START, None)
+    def _error(self, exception_context: ExceptionContext, elapsed: float | None) -> None:
         statement = exception_context.statement
-        if start is not None and statement is not None:
+        if elapsed is not None and statement is not None:
             error = type(exception_context.original_exception).__name__
-            self.observe(statement_kind(statement), perf_counter() - start, error=error)
+            self.observe(statement_kind(statement), elapsed, error=error)
 
     # -- figures ------------------------------------------------------------------------
 

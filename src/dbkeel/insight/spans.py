@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
 
-from dbkeel import _sql
+from dbkeel import _sql, _timer
 from dbkeel.exceptions import MissingDependencyError
 
 if TYPE_CHECKING:
@@ -74,9 +74,7 @@ class StatementSpans:
 
     def attach(self, engine: Engine) -> None:
         if self._statements:
-            event.listen(engine, "before_cursor_execute", self.before)
-            event.listen(engine, "after_cursor_execute", self.after)
-            event.listen(engine, "handle_error", self.error)
+            _timer.StatementTimer.of(engine).add(self.after, before=self.before, error=self.error)
         if self._transactions:
             event.listen(engine, "begin", self.begin)
             event.listen(engine, "commit", self.commit)
@@ -118,11 +116,9 @@ class StatementSpans:
         cursor: Any,
         statement: str,
         parameters: Any,
-        context: ExecutionContext | None,
+        context: ExecutionContext,
         executemany: bool,
     ) -> None:
-        if context is None:
-            return
         # The context's statement is the text before comment tags were appended: no
         # comment in db.query.text, and one cache entry whatever the traceparent.
         statement = context.statement
@@ -156,19 +152,19 @@ class StatementSpans:
 
     def after(
         self,
-        conn: Connection,
         cursor: Any,
         statement: str,
         parameters: Any,
         context: ExecutionContext | None,
         executemany: bool,
+        elapsed: float,
     ) -> None:
         span = getattr(context, _SPAN, None)
         if span is not None:
             delattr(context, _SPAN)
             span.end()
 
-    def error(self, exception_context: ExceptionContext) -> None:
+    def error(self, exception_context: ExceptionContext, elapsed: float | None) -> None:
         context = exception_context.execution_context
         span = getattr(context, _SPAN, None)
         if span is None:
