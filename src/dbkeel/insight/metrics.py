@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 from dbkeel import _sql, _timer
 from dbkeel.exceptions import MissingDependencyError
 from dbkeel.insight.context import current_context
+from dbkeel.monitoring._collector import Collector, buckets
 from dbkeel.monitoring.stats import Histogram
 
 if TYPE_CHECKING:
@@ -76,7 +77,6 @@ STATEMENT_BUCKETS: tuple[float, ...] = (
 )  # fmt: skip
 OTHER_OPERATION = "<other>"
 _BY_ENGINE: weakref.WeakKeyDictionary[Any, StatementMetrics] = weakref.WeakKeyDictionary()
-_COLLECTORS: weakref.WeakKeyDictionary[Any, StatementCollector] = weakref.WeakKeyDictionary()
 
 
 def statement_kind(statement: str) -> str:
@@ -193,16 +193,7 @@ class StatementMetrics:
         the same labels (two engines of one app) are added up. Raises
         :class:`~dbkeel.MissingDependencyError` without ``dbkeel[prometheus]``.
         """
-        core = _prometheus()
-        if registry is None:
-            registry = core.REGISTRY
-        collector = _COLLECTORS.get(registry)
-        if collector is None:
-            collector = StatementCollector()
-            registry.register(collector)
-            _COLLECTORS[registry] = collector
-        collector.add(self)
-        return collector
+        return StatementCollector.register(self, registry)
 
     def enable_otel(self, meter_provider: Any = None) -> None:
         """Record each statement in the ``db.client.operation.duration`` histogram of
@@ -252,34 +243,10 @@ def statement_metrics(db: DatabaseManager | AsyncEngine, *, max_operations: int 
     return metrics
 
 
-def _prometheus() -> Any:
-    try:
-        import prometheus_client.core
-    except ImportError:
-        raise MissingDependencyError(
-            "Prometheus metrics", "prometheus", "prometheus_client"
-        ) from None
-    return prometheus_client.core
-
-
-class StatementCollector:
+class StatementCollector(Collector["StatementMetrics"]):
     """A prometheus-client collector over any number of :class:`StatementMetrics`."""
 
-    def __init__(self) -> None:
-        self.core = _prometheus()
-        self._metrics: weakref.WeakSet[StatementMetrics] = weakref.WeakSet()
-
-    def add(self, metrics: StatementMetrics) -> None:
-        """Export *metrics* too (a second add is a no-op)."""
-        self._metrics.add(metrics)
-
-    def describe(self) -> Iterator[Any]:
-        return self._families([])
-
-    def collect(self) -> Iterator[Any]:
-        return self._families(list(self._metrics))
-
-    def _families(self, all_metrics: list[StatementMetrics]) -> Iterator[Any]:
+    def families(self, all_metrics: list[StatementMetrics]) -> Iterator[Any]:
         core = self.core
         labels = ["app", "kind", "operation"]
         count = core.CounterMetricFamily(
@@ -304,11 +271,7 @@ class StatementCollector:
             labels_ = list(key)
             count.add_metric(labels_, histogram.count)
             errors.add_metric(labels_, failed)
-            buckets = [
-                ("+Inf" if bound == float("inf") else repr(bound), n)
-                for bound, n in histogram.cumulative()
-            ]
-            duration.add_metric(labels_, buckets, histogram.sum)
+            duration.add_metric(labels_, buckets(histogram), histogram.sum)
         yield from (count, errors, duration)
 
 
