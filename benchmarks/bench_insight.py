@@ -38,6 +38,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from benchmarks._harness import PG_URL, Candidate, compare, console, scaled
 from dbkeel import DatabaseManager, DatabaseSettings
+from dbkeel._timer import StatementTimer
 from dbkeel.insight import InsightContext, NPlusOneDetector, statement_metrics, track
 from dbkeel.insight.comments import CommentTagger
 from dbkeel.insight.stats import StatsRecorder
@@ -161,7 +162,8 @@ def _hook_cost(baseline_cpu_per_request: float) -> None:
     The objects handed to the hooks stand in for SQLAlchemy's; the hooks are the real ones.
     """
     detector = NPlusOneDetector("log", 10)
-    stats = StatsRecorder()
+    timer = StatementTimer()  # the engine's listeners, called here directly
+    timer.add(StatsRecorder().after, tracked_only=True)
     tagger = CommentTagger("dbkeel-bench", "numeric_dollar")
     state = SimpleNamespace(is_select=True, is_relationship_load=False, session=None)
     cursor = SimpleNamespace(rowcount=-1)
@@ -171,14 +173,14 @@ def _hook_cost(baseline_cpu_per_request: float) -> None:
         with track("GET /items/{id}"):
             detector.on_execute(state)  # type: ignore[arg-type]
             context = SimpleNamespace()
-            stats.before(None, cursor, statement, (), context, False)  # type: ignore[arg-type]
+            timer._on_before(None, cursor, statement, (), context, False)  # type: ignore[arg-type]
             tagged, _ = tagger.before(None, cursor, statement, (), context, False)  # type: ignore[arg-type]
-            stats.after(None, cursor, tagged, (), context, False)  # type: ignore[arg-type]
+            timer._on_after(None, cursor, tagged, (), context, False)  # type: ignore[arg-type]
 
     def baseline_hooks() -> None:  # what "insight off" runs: the stats listeners' early exit
         context = SimpleNamespace()
-        stats.before(None, cursor, statement, (), context, False)  # type: ignore[arg-type]
-        stats.after(None, cursor, statement, (), context, False)  # type: ignore[arg-type]
+        timer._on_before(None, cursor, statement, (), context, False)  # type: ignore[arg-type]
+        timer._on_after(None, cursor, statement, (), context, False)  # type: ignore[arg-type]
 
     n = scaled(200_000, 1_000)
     per_call = {}

@@ -33,6 +33,19 @@ class Item(Base):
     name: Mapped[str] = mapped_column(String(50))
 
 
+async def fill_items(db: DatabaseManager) -> None:
+    """The benchmark's table anew, with 1000 rows."""
+    async with db.engine.begin() as conn:
+        await conn.run_sync(Base.metadata.drop_all)
+        await conn.run_sync(Base.metadata.create_all)
+        await conn.execute(
+            text(
+                "INSERT INTO bench_request_items (id, name) "
+                "SELECT g, 'item ' || g FROM generate_series(1, 1000) g"
+            )
+        )
+
+
 async def main() -> None:
     settings = DatabaseSettings(
         database_url=PG_URL,
@@ -42,15 +55,7 @@ async def main() -> None:
         app_name="dbkeel-bench",
     )
     async with DatabaseManager(settings) as db:
-        async with db.engine.begin() as conn:
-            await conn.run_sync(Base.metadata.drop_all)
-            await conn.run_sync(Base.metadata.create_all)
-            await conn.execute(
-                text(
-                    "INSERT INTO bench_request_items (id, name) "
-                    "SELECT g, 'item ' || g FROM generate_series(1, 1000) g"
-                )
-            )
+        await fill_items(db)
         # hand-written: the same engine, the same sessionmaker options, the usual idiom
         plain = async_sessionmaker(db.engine, expire_on_commit=False, class_=AsyncSession)
         next_id = iter(range(10_000, 10_000_000))

@@ -1,4 +1,4 @@
-"""Instruction counts (valgrind callgrind) of the client side of three goals of issue 17.
+"""Instruction counts (valgrind callgrind) of the client side of goals of issues 17 and 18.
 
 Wall-clock ratios on a shared 2-core machine swing by several percent from run to run;
 the instructions the client process executes for a fixed amount of work do not (within
@@ -11,8 +11,11 @@ figures say where the client's time goes, the benchmarks say what a user sees.
     python -m benchmarks.instructions request_path    # one case
 
 Cases: ``request_path`` (600 requests of bench_request_path's mix, one task),
+``statement_hooks`` (the same 600 requests with every per-statement feature off vs on:
+``track()`` stats, N+1 detection, comment tags, statement metrics, spans through the
+OpenTelemetry SDK with a no-op exporter, and the slow query log),
 ``decrypt`` (3 x 10,000 values, dbkeel EncryptedType vs raw AES-GCM), ``bulk_insert``
-(20,000 rows of bench_bulk's model, dbkeel insert path vs plain ``insert(Model)``) and
+(20,000 rows of bench_bulk's model, dbkeel insert path vs plain ``insert(Model)``),
 ``monitoring`` (bench_monitoring's 1000 concurrent requests on a 20 + 10 pool, with and
 without ``PoolMonitor``; concurrency makes this one vary by about a percent),
 ``insight`` and ``insight_tags`` (600 of bench_insight's requests, one task: N+1
@@ -37,6 +40,7 @@ CASES: dict[str, tuple[str, str]] = {
     "request_path": ("hand-written SQLAlchemy", "dbkeel get_session"),
     "decrypt": ("raw AESGCM", "dbkeel EncryptedType"),
     "bulk_insert": ("plain insert(Model) list", "dbkeel insert"),
+    "statement_hooks": ("every statement feature off", "every statement feature on"),
     "monitoring": ("no monitoring", "PoolMonitor"),
     "insight": ("insight off", "N+1 detection + stats"),
     "insight_tags": ("insight off", "N+1 detection + stats + static comment tags"),
@@ -59,25 +63,16 @@ def _count(work: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]
 
 
 async def _request_path(side: int) -> None:
-    from sqlalchemy import text
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-    from benchmarks.bench_request_path import Base, Item
+    from benchmarks.bench_request_path import Base, Item, fill_items
     from dbkeel import DatabaseManager, DatabaseSettings
 
     settings = DatabaseSettings(
         database_url=_harness.PG_URL, environment="production", pool_size=1, max_overflow=0
     )
     async with DatabaseManager(settings) as db:
-        async with db.engine.begin() as conn:
-            await conn.run_sync(Base.metadata.drop_all)
-            await conn.run_sync(Base.metadata.create_all)
-            await conn.execute(
-                text(
-                    "INSERT INTO bench_request_items (id, name) "
-                    "SELECT g, 'item ' || g FROM generate_series(1, 1000) g"
-                )
-            )
+        await fill_items(db)
         plain = async_sessionmaker(db.engine, expire_on_commit=False, class_=AsyncSession)
         next_id = iter(range(10_000, 10_000_000))
 
@@ -97,6 +92,52 @@ async def _request_path(side: int) -> None:
         await _count(work)()
         async with db.engine.begin() as conn:
             await conn.run_sync(Base.metadata.drop_all)
+
+
+async def _statement_hooks(side: int) -> None:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from prometheus_client import CollectorRegistry
+
+    from benchmarks.bench_insight import _NoOpExporter
+    from benchmarks.bench_request_path import Base, Item, fill_items
+    from dbkeel import DatabaseManager, DatabaseSettings
+    from dbkeel.insight import statement_metrics, track
+
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(_NoOpExporter()))  # no thread
+    trace.set_tracer_provider(provider)
+    on = side == 1
+    settings = DatabaseSettings(
+        database_url=_harness.PG_URL,
+        environment="production",
+        pool_size=1,
+        max_overflow=0,
+        monitoring=on,
+        nplusone="log" if on else "off",
+        query_comment=on,
+        query_spans=on,
+    )
+    async with DatabaseManager(settings) as db:
+        if on:
+            statement_metrics(db).register_prometheus(CollectorRegistry())
+        await fill_items(db)
+        next_id = iter(range(10_000, 10_000_000))
+
+        async def work() -> None:
+            for i in range(300):
+                with track("GET /items/{id}" if on else None):
+                    async with db.get_session() as session:
+                        await session.get(Item, 1 + i % 1000)
+                with track("POST /items" if on else None):
+                    async with db.get_session() as session:
+                        session.add(Item(id=next(next_id), name="new"))
+
+        await _count(work)()
+        async with db.engine.begin() as conn:
+            await conn.run_sync(Base.metadata.drop_all)
+    provider.shutdown()
 
 
 async def _decrypt(side: int) -> None:
@@ -213,6 +254,7 @@ async def _insight(side: int, **on: object) -> None:
 
 RUNNERS = {
     "request_path": _request_path,
+    "statement_hooks": _statement_hooks,
     "decrypt": _decrypt,
     "bulk_insert": _bulk_insert,
     "monitoring": _monitoring,

@@ -26,10 +26,11 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from sqlalchemy import MetaData, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from dbkeel import DatabaseManager, DatabaseSettings
+from dbkeel.testing.provision import _drop as drop
 
 if TYPE_CHECKING:
     from tests.replica_rig import ReplicaCluster
@@ -53,6 +54,13 @@ START_COMMANDS = {
     "postgresql": "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
     "mariadb": "start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd",
 }
+
+
+def _admin(backend: str) -> AsyncEngine:
+    """An engine on *backend*'s test server that may create and drop databases."""
+    return create_async_engine(
+        SERVER_URLS[backend], poolclass=NullPool, isolation_level="AUTOCOMMIT"
+    )
 
 
 class TestDatabases:
@@ -84,9 +92,7 @@ class TestDatabases:
         return self.urls[backend]
 
     async def _create(self, backend: str) -> None:
-        admin = create_async_engine(
-            SERVER_URLS[backend], poolclass=NullPool, isolation_level="AUTOCOMMIT"
-        )
+        admin = _admin(backend)
         try:
             async with asyncio.timeout(10):
                 async with admin.connect() as conn:
@@ -97,13 +103,10 @@ class TestDatabases:
         self.urls[backend] = url.render_as_string(hide_password=False)
 
     async def _drop(self, backend: str) -> None:
-        admin = create_async_engine(
-            SERVER_URLS[backend], poolclass=NullPool, isolation_level="AUTOCOMMIT"
-        )
-        force = " WITH (FORCE)" if backend == "postgresql" else ""
+        admin = _admin(backend)
         try:
             async with admin.connect() as conn:
-                await conn.execute(text(f"DROP DATABASE IF EXISTS {self.name}{force}"))
+                await drop(conn, self.name)
         finally:
             await admin.dispose()
 

@@ -16,6 +16,7 @@ from sqlalchemy.exc import DBAPIError
 from dbkeel import DatabaseManager
 from dbkeel.insight import track
 from dbkeel.insight.metrics import OTHER_OPERATION, statement_kind, statement_metrics
+from tests.conftest import make_settings
 
 SECRET = "s3cret-param-value"
 ROUTE = "GET /orders/{id}"
@@ -142,3 +143,31 @@ async def test_otel_histogram_follows_the_semantic_conventions(
 )
 def test_statement_kind_is_a_fixed_set(statement: str, kind: str) -> None:
     assert statement_kind(statement) == kind
+
+
+async def test_statement_features_share_one_timing(caplog: pytest.LogCaptureFixture) -> None:
+    """Stats, metrics, spans and the slow query log on one engine: one pair of cursor
+    listeners reads the clock, and every feature sees the same duration."""
+    settings = make_settings(
+        "sqlite+aiosqlite://",
+        monitoring=True,
+        slow_query_threshold=1e-9,
+        query_spans=True,
+        app_name="dbkeel-timer",
+    )
+    caplog.set_level(logging.WARNING, "dbkeel.monitoring.slow_queries")
+    async with DatabaseManager(settings) as db:
+        registry = CollectorRegistry()
+        statement_metrics(db).register_prometheus(registry)
+        sync_engine = db.engine.sync_engine
+        assert len(sync_engine.dispatch.before_cursor_execute) == 1
+        assert len(sync_engine.dispatch.after_cursor_execute) == 1
+        caplog.clear()
+        with track(ROUTE) as q:
+            async with db.engine.connect() as conn:
+                await conn.execute(text("SELECT 42"))
+    (record,) = [r for r in caplog.records if "SELECT 42" in r.getMessage()]
+    seconds = q.shapes["SELECT 42"].total_s  # SQLite's BEGIN is one of its own
+    assert record.duration_s == round(seconds, 6)  # type: ignore[attr-defined]
+    labels = {"app": "dbkeel-timer", "kind": "SELECT", "operation": ROUTE}
+    assert registry.get_sample_value("dbkeel_statement_duration_seconds_sum", labels) == seconds

@@ -4,6 +4,7 @@ PostgreSQL, SQLite and MariaDB."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 
 import pytest
 from opentelemetry import trace
@@ -24,6 +25,7 @@ _PROVIDER = TracerProvider()
 _PROVIDER.add_span_processor(SimpleSpanProcessor(EXPORTER))
 # The global provider can be set once per process; this module is its only user.
 trace.set_tracer_provider(_PROVIDER)
+TRACER = trace.get_tracer("test")
 
 
 class Base(DeclarativeBase):
@@ -43,19 +45,38 @@ def spans() -> Iterator[InMemorySpanExporter]:
     EXPORTER.clear()
 
 
-@pytest.fixture
-async def sdb(db_url: str, create_tables: CreateTables) -> AsyncIterator[DatabaseManager]:
-    async with DatabaseManager(make_settings(db_url, query_spans=True)) as manager:
+@asynccontextmanager
+async def _traced(
+    db_url: str, create_tables: CreateTables, spans: InMemorySpanExporter, **settings: bool
+) -> AsyncIterator[DatabaseManager]:
+    """A manager with *settings* and the tables made; the spans of making them dropped."""
+    async with DatabaseManager(make_settings(db_url, **settings)) as manager:
         await create_tables(manager, Base.metadata)
+        spans.clear()
+        yield manager
+
+
+@pytest.fixture
+async def sdb(
+    db_url: str, create_tables: CreateTables, spans: InMemorySpanExporter
+) -> AsyncIterator[DatabaseManager]:
+    async with _traced(db_url, create_tables, spans, query_spans=True) as manager:
+        yield manager
+
+
+@pytest.fixture
+async def tdb(
+    db_url: str, create_tables: CreateTables, spans: InMemorySpanExporter
+) -> AsyncIterator[DatabaseManager]:
+    settings = {"query_spans": True, "query_transaction_spans": True}
+    async with _traced(db_url, create_tables, spans, **settings) as manager:
         yield manager
 
 
 async def test_a_span_per_statement_with_semantic_attributes(
     sdb: DatabaseManager, spans: InMemorySpanExporter, backend: str
 ) -> None:
-    tracer = trace.get_tracer("test")
-    spans.clear()
-    with tracer.start_as_current_span("GET /widgets") as parent:
+    with TRACER.start_as_current_span("GET /widgets") as parent:
         async with sdb.get_session() as session:
             await session.execute(insert(Widget).values(id=1, name="secret-name"))
             await session.scalars(select(Widget).where(Widget.name == "x"))
@@ -82,7 +103,6 @@ async def test_a_span_per_statement_with_semantic_attributes(
 async def test_a_failing_statement_records_the_error(
     sdb: DatabaseManager, spans: InMemorySpanExporter
 ) -> None:
-    spans.clear()
     with pytest.raises(DBAPIError):
         async with sdb.get_session() as session:
             await session.execute(text("SELECT * FROM no_such_table_for_spans"))
@@ -97,20 +117,10 @@ def test_sanitize_drops_literals() -> None:
     )
 
 
-@pytest.fixture
-async def tdb(db_url: str, create_tables: CreateTables) -> AsyncIterator[DatabaseManager]:
-    settings = make_settings(db_url, query_spans=True, query_transaction_spans=True)
-    async with DatabaseManager(settings) as manager:
-        await create_tables(manager, Base.metadata)
-        yield manager
-
-
 async def test_a_transaction_span_holds_its_statements(
     tdb: DatabaseManager, spans: InMemorySpanExporter, backend: str
 ) -> None:
-    tracer = trace.get_tracer("test")
-    spans.clear()
-    with tracer.start_as_current_span("POST /widgets") as parent:
+    with TRACER.start_as_current_span("POST /widgets") as parent:
         async with tdb.get_session() as session:
             await session.execute(insert(Widget).values(id=1, name="a"))
             await session.commit()
@@ -140,7 +150,6 @@ async def test_a_transaction_span_holds_its_statements(
 async def test_a_failed_transaction_span_ends_with_its_rollback(
     tdb: DatabaseManager, spans: InMemorySpanExporter
 ) -> None:
-    spans.clear()
     with pytest.raises(DBAPIError):
         async with tdb.get_session() as session:
             await session.execute(text("SELECT * FROM no_such_table_for_spans"))

@@ -26,6 +26,30 @@ async def _sql(url: str, sql: str) -> list[tuple[object, ...]]:
         await engine.dispose()
 
 
+def _init(root: Path) -> None:
+    init = run_cli("migrations", "init", "--models", "app_models:Base", cwd=root)
+    assert init.returncode == 0, init.stderr
+
+
+def _create_all(root: Path, url: str) -> None:
+    """The models' tables at *url*, made by create_all() in the project at *root*."""
+    program = (
+        "import asyncio, sys\n"
+        "from sqlalchemy.ext.asyncio import create_async_engine\n"
+        "from app_models import Base\n"
+        "async def main():\n"
+        "    engine = create_async_engine(sys.argv[1])\n"
+        "    async with engine.begin() as conn:\n"
+        "        await conn.run_sync(Base.metadata.create_all)\n"
+        "    await engine.dispose()\n"
+        "asyncio.run(main())\n"
+    )
+    made = subprocess.run(
+        [sys.executable, "-c", program, url], cwd=root, capture_output=True, text=True
+    )
+    assert made.returncode == 0, made.stderr
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_autogenerate_round_trip_is_clean(backend: str, tmp_path: Path) -> None:
     root = project(tmp_path)
@@ -68,25 +92,9 @@ def test_autogenerate_round_trip_is_clean(backend: str, tmp_path: Path) -> None:
 def test_create_all_database_is_in_sync(backend: str, tmp_path: Path) -> None:
     root = project(tmp_path)
     with fresh_database(backend, tmp_path) as url:
-        assert (
-            run_cli("migrations", "init", "--models", "app_models:Base", cwd=root).returncode == 0
-        )
+        _init(root)
         alembic(root, url, "revision", "--autogenerate", "-m", "initial")
-        program = (
-            "import asyncio, sys\n"
-            "from sqlalchemy.ext.asyncio import create_async_engine\n"
-            "from app_models import Base\n"
-            "async def main():\n"
-            "    engine = create_async_engine(sys.argv[1])\n"
-            "    async with engine.begin() as conn:\n"
-            "        await conn.run_sync(Base.metadata.create_all)\n"
-            "    await engine.dispose()\n"
-            "asyncio.run(main())\n"
-        )
-        made = subprocess.run(
-            [sys.executable, "-c", program, url], cwd=root, capture_output=True, text=True
-        )
-        assert made.returncode == 0, made.stderr
+        _create_all(root, url)
         alembic(root, url, "stamp", "head")
         check = run_cli("migrations", "check", env=cli_env(url), cwd=root)
         assert check.returncode == 0, check.stdout + check.stderr
@@ -95,9 +103,7 @@ def test_create_all_database_is_in_sync(backend: str, tmp_path: Path) -> None:
 def test_mariadb_migrated_soft_deleted_value_can_be_reused(tmp_path: Path) -> None:
     root = project(tmp_path)
     with fresh_database("mariadb", tmp_path) as url:
-        assert (
-            run_cli("migrations", "init", "--models", "app_models:Base", cwd=root).returncode == 0
-        )
+        _init(root)
         alembic(root, url, "revision", "--autogenerate", "-m", "initial")
         assert run_cli("migrate", env=cli_env(url), cwd=root).returncode == 0
         insert = (
@@ -125,29 +131,11 @@ _INDEXES = (
 )
 
 
-def _create_all(root: Path, url: str) -> None:
-    program = (
-        "import asyncio, sys\n"
-        "from sqlalchemy.ext.asyncio import create_async_engine\n"
-        "from app_models import Base\n"
-        "async def main():\n"
-        "    engine = create_async_engine(sys.argv[1])\n"
-        "    async with engine.begin() as conn:\n"
-        "        await conn.run_sync(Base.metadata.create_all)\n"
-        "    await engine.dispose()\n"
-        "asyncio.run(main())\n"
-    )
-    made = subprocess.run(
-        [sys.executable, "-c", program, url], cwd=root, capture_output=True, text=True
-    )
-    assert made.returncode == 0, made.stderr
-
-
 def test_migration_generated_on_postgresql_builds_the_create_all_schema_on_mariadb(
     tmp_path: Path,
 ) -> None:
     root = project(tmp_path)
-    assert run_cli("migrations", "init", "--models", "app_models:Base", cwd=root).returncode == 0
+    _init(root)
     with fresh_database("postgresql", tmp_path) as pg:
         alembic(root, pg, "revision", "--autogenerate", "-m", "initial")
     [migration] = (root / "migrations" / "versions").glob("*.py")
@@ -184,7 +172,7 @@ def test_migration_generated_on_postgresql_builds_the_create_all_schema_on_maria
 
 def test_drop_soft_delete_unique_removes_a_plain_index_left_on_mariadb(tmp_path: Path) -> None:
     root = project(tmp_path)
-    assert run_cli("migrations", "init", "--models", "app_models:Base", cwd=root).returncode == 0
+    _init(root)
     with fresh_database("mariadb", tmp_path) as url:
         alembic(root, url, "revision", "--autogenerate", "-m", "initial")
         assert run_cli("migrate", env=cli_env(url), cwd=root).returncode == 0

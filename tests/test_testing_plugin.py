@@ -19,10 +19,11 @@ import asyncmy  # noqa: F401
 import asyncpg  # noqa: F401
 import pytest
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
+from dbkeel.testing.provision import _admin_engine, _drop, with_suffix
 from tests import conftest
 
 # The drivers are imported above, before any test: pytester removes the modules a test
@@ -50,14 +51,9 @@ def sample(pytester: pytest.Pytester, app_url: str, monkeypatch: pytest.MonkeyPa
     return pytester.path
 
 
-def _server_databases(app_url: str) -> set[str]:
-    url = make_url(app_url)
-
+def _server_databases(url: URL) -> set[str]:
     async def names() -> set[str]:
-        engine = create_async_engine(
-            url.set(database="postgres") if url.get_backend_name() == "postgresql" else url,
-            poolclass=NullPool,
-        )
+        engine = _admin_engine(url)
         try:
             async with engine.connect() as conn:
                 if url.get_backend_name() == "postgresql":
@@ -68,17 +64,14 @@ def _server_databases(app_url: str) -> set[str]:
         finally:
             await engine.dispose()
 
-    if url.get_backend_name() == "mysql":
-        url = url._replace(database=None)
     return asyncio.run(names())
 
 
 def _test_database_exists(app_url: str, suffix: str = "_test") -> bool:
-    url = make_url(app_url)
+    url = with_suffix(make_url(app_url), suffix)
     if url.get_backend_name() == "sqlite":
-        path = Path(url.database or "")
-        return path.with_name(path.stem + suffix + path.suffix).exists()
-    return f"{url.database}{suffix}" in _server_databases(app_url)
+        return Path(url.database or "").exists()
+    return url.database in _server_databases(url)
 
 
 def _set_ini(path: Path, old: str, new: str) -> None:
@@ -147,35 +140,30 @@ def test_session_event_loops_and_strict_mode(
 def test_a_database_it_did_not_create_is_refused(
     sample: Path, pytester: pytest.Pytester, app_url: str, backend: str
 ) -> None:
-    test_url = make_url(app_url)
-    path = Path(test_url.database or "")
-    test_url = test_url.set(
-        database=str(path.with_name(path.stem + "_test" + path.suffix))
-        if backend == "sqlite"
-        else f"{test_url.database}_test"
-    )
-    asyncio.run(_create_foreign_database(test_url.render_as_string(hide_password=False)))
+    test_url = with_suffix(make_url(app_url), "_test")
+    foreign = test_url.render_as_string(hide_password=False)
+    asyncio.run(_create_foreign_database(foreign))
     try:
         result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
         result.assert_outcomes(errors=PASSED + FAILED)
         result.stdout.fnmatch_lines(["*was not created by dbkeel's pytest plugin*"])
-        assert asyncio.run(_foreign_rows(test_url.render_as_string(hide_password=False))) == 1
+        assert asyncio.run(_foreign_rows(foreign)) == 1
 
         # told explicitly: the schema is added, the tests run, the database stays
         result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--dbkeel-allow-existing")
         result.assert_outcomes(passed=PASSED, failed=FAILED)
-        assert asyncio.run(_foreign_rows(test_url.render_as_string(hide_password=False))) == 1
+        assert asyncio.run(_foreign_rows(foreign)) == 1
     finally:
         if backend == "sqlite":
             Path(test_url.database or "").unlink(missing_ok=True)
         else:
-            asyncio.run(_drop_foreign_database(test_url.render_as_string(hide_password=False)))
+            asyncio.run(_drop_foreign_database(test_url))
 
 
 async def _create_foreign_database(url: str) -> None:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        admin = _admin(url)
+        admin = _admin_engine(parsed)
         try:
             async with admin.connect() as conn:
                 await conn.execute(text(f"CREATE DATABASE {parsed.database}"))
@@ -199,25 +187,13 @@ async def _foreign_rows(url: str) -> int:
         await engine.dispose()
 
 
-async def _drop_foreign_database(url: str) -> None:
-    parsed = make_url(url)
-    admin = _admin(url)
-    force = " WITH (FORCE)" if parsed.get_backend_name() == "postgresql" else ""
+async def _drop_foreign_database(url: URL) -> None:
+    admin = _admin_engine(url)
     try:
         async with admin.connect() as conn:
-            await conn.execute(text(f"DROP DATABASE IF EXISTS {parsed.database}{force}"))
+            await _drop(conn, url.database or "")
     finally:
         await admin.dispose()
-
-
-def _admin(url: str) -> AsyncEngine:
-    parsed = make_url(url)
-    admin = (
-        parsed.set(database="postgres")
-        if parsed.get_backend_name() == "postgresql"
-        else parsed._replace(database=None)
-    )
-    return create_async_engine(admin, poolclass=NullPool, isolation_level="AUTOCOMMIT")
 
 
 DDL_TEST = """

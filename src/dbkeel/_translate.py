@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy.exc
 from sqlalchemy.orm.exc import StaleDataError
 
+from dbkeel import _sql
 from dbkeel.exceptions import (
     CommitOutcomeUnknownError,
     ConcurrentUpdateError,
@@ -314,8 +315,7 @@ def read_only_error(exc: sqlalchemy.exc.StatementError) -> ReadOnlyTransactionEr
 
 
 def _verb(statement: str | None) -> str:
-    words = (statement or "").split(None, 1)
-    return words[0].upper() if words else "write"
+    return _sql.keyword(statement or "") or "write"
 
 
 def driver_error(

@@ -17,6 +17,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 
 from sqlalchemy import MetaData, text
@@ -46,6 +47,21 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _State = Literal["new", "ready", "closed"]
+
+
+@dataclass(slots=True)
+class _Serving:
+    """The engine state a manager serves sessions from: its own, or a test's (lent)."""
+
+    state: _State = "new"
+    engine: AsyncEngine | None = None
+    session_factory: async_sessionmaker[AsyncSession] | None = None
+    read_only_factory: async_sessionmaker[AsyncSession] | None = None
+    router: ReplicaRouter | None = None
+    # lent by dbkeel.testing (Sandbox.attach): initialize() and close() leave it alone
+    lent: bool = False
+
+
 # Errors that will not go away by waiting: fail at once instead of burning the budget.
 _PERMANENT_SQLSTATE_CLASSES = ("28", "3D")  # auth failure, database does not exist
 _PERMANENT_MYSQL_ERRNOS = {1044, 1045, 1049, 1698}  # access denied, unknown database
@@ -92,23 +108,17 @@ class DatabaseManager:
         # The models this manager serves: the startup key check looks only at their
         # tables (None: at every encrypted column loaded in the process).
         self._metadata = metadata
-        self._engine: AsyncEngine | None = None
-        self._session_factory: async_sessionmaker[AsyncSession] | None = None
-        self._state: _State = "new"
+        # What sessions are served from; Sandbox.attach swaps it whole (_lend).
+        self._serving = _Serving()
         self._init_lock = asyncio.Lock()
         self._monitor: PoolMonitor | None = None
         self._leak_watch: asyncio.Task[None] | None = None
-        self._read_only_factory: async_sessionmaker[AsyncSession] | None = None
         # Read replicas (DATABASE_REPLICA_URLS): routing and probing live in dbkeel.replicas.
-        self._router: ReplicaRouter | None = None
         self._prober: asyncio.Task[None] | None = None
-        # dbkeel.testing lends this manager a test's sessions (Sandbox.attach): while it
-        # does, initialize() and close() leave the lent engine alone.
-        self._sandboxed = False
 
     def __repr__(self) -> str:
         url = self._settings.masked_url if self._settings is not None else "<from environment>"
-        return f"<DatabaseManager {url} {self._state}>"
+        return f"<DatabaseManager {url} {self._serving.state}>"
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -122,7 +132,7 @@ class DatabaseManager:
     @property
     def is_initialized(self) -> bool:
         """True between a successful :meth:`initialize` and :meth:`close`."""
-        return self._state == "ready"
+        return self._serving.state == "ready"
 
     async def initialize(self) -> Self:
         """Create the engine and session factory and prove the database answers.
@@ -137,9 +147,11 @@ class DatabaseManager:
         are configured, :class:`ConfigurationError` is raised before any connection.
         """
         async with self._init_lock:
-            if self._state == "ready":
+            # Filled in below even if a test's sandbox is lent this manager meanwhile.
+            serving = self._serving
+            if serving.state == "ready":
                 return self
-            if self._state == "closed":
+            if serving.state == "closed":
                 raise ManagerStateError(
                     "DatabaseManager.initialize() was called after close(): a closed "
                     "manager cannot be reopened. Create a new DatabaseManager instead."
@@ -181,17 +193,17 @@ class DatabaseManager:
             if settings.replica_urls:
                 from dbkeel.replicas.setup import start_replicas
 
-                self._router, self._prober = await start_replicas(settings, engine, key_ring)
-                session_class = self._router.sync_session_class
+                serving.router, self._prober = await start_replicas(settings, engine, key_ring)
+                session_class = serving.router.sync_session_class
             from dbkeel.insight.install import install_insight
 
             # N+1 detection listens on a subclass of the session class chosen above
             session_class = install_insight(engine, settings, session_class)
-            self._engine = engine
+            serving.engine = engine
             # soft-deleted rows hidden from get(), stale rows named in errors
-            self._session_factory = session_factory(engine, session_class)
-            self._read_only_factory = read_only_factory(engine)
-            self._state = "ready"
+            serving.session_factory = session_factory(engine, session_class)
+            serving.read_only_factory = read_only_factory(engine)
+            serving.state = "ready"
             return self
 
     async def close(self) -> None:
@@ -200,14 +212,15 @@ class DatabaseManager:
         An ``initialize()`` still connecting when ``close()`` is called disposes of its
         own engine and raises :class:`ManagerStateError` instead of coming up.
         """
-        if self._sandboxed:
+        serving = self._serving
+        if serving.lent:
             return  # the test's sandbox owns the engine; it ends with the test
-        engine, self._engine, self._session_factory = self._engine, None, None
-        self._state = "closed"
-        if self._router is not None:
+        engine, serving.engine, serving.session_factory = serving.engine, None, None
+        serving.state = "closed"
+        if serving.router is not None:
             from dbkeel.replicas.setup import stop_replicas
 
-            router, self._router, prober, self._prober = self._router, None, self._prober, None
+            router, serving.router, prober, self._prober = serving.router, None, self._prober, None
             await _shielded(stop_replicas(router, prober))
         # One shielded task: a cancelled shutdown must still stop the leak watcher and
         # close the sockets.
@@ -224,33 +237,18 @@ class DatabaseManager:
         Used by :class:`dbkeel.testing.Sandbox` to put a test's transaction behind the
         application's own manager; the application's engine, if any, is left untouched.
         """
-        saved = (
-            self._engine,
-            self._session_factory,
-            self._read_only_factory,
-            self._router,
-            self._state,
-        )
-        self._engine, self._session_factory = engine, factory
-        self._read_only_factory, self._router = read_only_factory, None
-        self._state, self._sandboxed = "ready", True
+        own = self._serving
+        self._serving = _Serving("ready", engine, factory, read_only_factory, lent=True)
 
         def restore() -> None:
-            (
-                self._engine,
-                self._session_factory,
-                self._read_only_factory,
-                self._router,
-                self._state,
-            ) = saved
-            self._sandboxed = False
+            self._serving = own
 
         return restore
 
     def _closed_meanwhile(self) -> bool:
         # A method, not an inline check: close() can run while initialize() awaits, which
-        # the type checker's narrowing of self._state cannot know.
-        return self._state == "closed"
+        # the type checker's narrowing of self._serving.state cannot know.
+        return self._serving.state == "closed"
 
     async def _shutdown(self, engine: AsyncEngine | None) -> None:
         await self._stop_leak_watch()
@@ -287,16 +285,16 @@ class DatabaseManager:
     @property
     def engine(self) -> AsyncEngine:
         """The ``AsyncEngine``; raises :class:`ManagerStateError` before initialize()."""
-        if self._engine is None:
+        if self._serving.engine is None:
             raise self._not_ready("engine")
-        return self._engine
+        return self._serving.engine
 
     @property
     def session_factory(self) -> async_sessionmaker[AsyncSession]:
         """The ``async_sessionmaker`` (``expire_on_commit=False``, ``autoflush=True``)."""
-        if self._session_factory is None:
+        if self._serving.session_factory is None:
             raise self._not_ready("session_factory")
-        return self._session_factory
+        return self._serving.session_factory
 
     def get_session(
         self, *, read_only: bool = False, after: str | None = None
@@ -325,15 +323,15 @@ class DatabaseManager:
         return _SessionScope(self, read_only, after)
 
     async def _read_session(self, after: str | None) -> AsyncSession:
-        if self._router is not None:
-            return await self._router.read_session(after)
+        if self._serving.router is not None:
+            return await self._serving.router.read_session(after)
         if after is not None:
             from dbkeel.replicas.tokens import parse_token
 
             parse_token(after)  # a malformed token fails the same with or without replicas
-        if self._read_only_factory is None:
+        if self._serving.read_only_factory is None:
             raise self._not_ready("get_session")
-        return self._read_only_factory()
+        return self._serving.read_only_factory()
 
     async def consistency_token(self) -> str:
         """An opaque string naming this context's last committed write.
@@ -347,8 +345,9 @@ class DatabaseManager:
 
             response.headers["X-Consistency"] = await db.consistency_token()
         """
-        if self._router is not None:
-            return await self._router.token()
+        router = self._serving.router
+        if router is not None:
+            return await router.token()
         from dbkeel.replicas.tokens import last_write, make_token
 
         return make_token(last_write())
@@ -356,7 +355,7 @@ class DatabaseManager:
     @property
     def router(self) -> ReplicaRouter | None:
         """The replica router (None without DATABASE_REPLICA_URLS)."""
-        return self._router
+        return self._serving.router
 
     async def run_in_transaction(
         self,
@@ -397,8 +396,8 @@ class DatabaseManager:
                 register_prometheus(monitor)
         """
         found = [self._monitor] if self._monitor is not None else []
-        if self._router is not None:
-            found += [n.monitor for n in self._router.nodes if n.monitor is not None]
+        if self._serving.router is not None:
+            found += [n.monitor for n in self._serving.router.nodes if n.monitor is not None]
         return found
 
     async def health(self) -> HealthReport:
@@ -417,9 +416,9 @@ class DatabaseManager:
             status_code = 200 if report["reachable"] else 503
         """
         report = await check_health(self.engine, timeout=self.settings.connect_timeout)
-        if self._router is not None:
+        if self._serving.router is not None:
             state = "ok" if report["reachable"] else "down"
-            report["nodes"] = self._router.describe(state, self.settings.masked_url)
+            report["nodes"] = self._serving.router.describe(state, self.settings.masked_url)
         return report
 
     # -- internals ----------------------------------------------------------------------
@@ -455,7 +454,7 @@ class DatabaseManager:
             await asyncio.gather(task, return_exceptions=True)
 
     def _not_ready(self, what: str) -> ManagerStateError:
-        if self._state == "closed":
+        if self._serving.state == "closed":
             return ManagerStateError(
                 f"DatabaseManager.{what} was used after close(). Create a new "
                 f"DatabaseManager, or do not close it while it is still in use."

@@ -43,9 +43,7 @@ def install_engine_insight(engine: AsyncEngine, settings: DatabaseSettings) -> N
     """The engine's part: statement statistics, comment tags and spans (a replica's
     engine gets it too, so ``db.query_stats()`` counts statements wherever they ran)."""
     sync_engine = engine.sync_engine
-    stats = StatsRecorder()
-    event.listen(sync_engine, "before_cursor_execute", stats.before)
-    event.listen(sync_engine, "after_cursor_execute", stats.after)
+    StatsRecorder().attach(sync_engine)
     if settings.query_comment:
         tagger = CommentTagger(
             settings.app_name,

@@ -35,20 +35,18 @@ Example::
 from __future__ import annotations
 
 import logging
-import re
 import weakref
 from collections.abc import Iterator
-from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import event
-
+from dbkeel import _sql, _timer
 from dbkeel.exceptions import MissingDependencyError
 from dbkeel.insight.context import current_context
+from dbkeel.monitoring._collector import Collector, buckets
 from dbkeel.monitoring.stats import Histogram
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Connection, Engine, ExceptionContext, ExecutionContext
+    from sqlalchemy.engine import Engine, ExceptionContext, ExecutionContext
     from sqlalchemy.ext.asyncio import AsyncEngine
 
     from dbkeel.manager import DatabaseManager
@@ -78,10 +76,7 @@ STATEMENT_BUCKETS: tuple[float, ...] = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
 OTHER_OPERATION = "<other>"
-_START = "_dbkeel_metrics_start"
-_KEYWORD = re.compile(r"\s*(?:/\*.*?\*/\s*)*([A-Za-z]+)", re.DOTALL)
 _BY_ENGINE: weakref.WeakKeyDictionary[Any, StatementMetrics] = weakref.WeakKeyDictionary()
-_COLLECTORS: weakref.WeakKeyDictionary[Any, StatementCollector] = weakref.WeakKeyDictionary()
 
 
 def statement_kind(statement: str) -> str:
@@ -91,10 +86,7 @@ def statement_kind(statement: str) -> str:
 
         statement_kind("  select * from t")  # "SELECT"
     """
-    match = _KEYWORD.match(statement)
-    if match is None:
-        return "OTHER"
-    keyword = match.group(1).upper()
+    keyword = _sql.keyword(statement)
     return keyword if keyword in KINDS else "OTHER"
 
 
@@ -126,41 +118,24 @@ class StatementMetrics:
     # -- engine events ------------------------------------------------------------------
 
     def attach(self, engine: Engine) -> None:
-        event.listen(engine, "before_cursor_execute", self._before)
-        event.listen(engine, "after_cursor_execute", self._after)
-        event.listen(engine, "handle_error", self._error)
-
-    def _before(
-        self,
-        conn: Connection,
-        cursor: Any,
-        statement: str,
-        parameters: Any,
-        context: ExecutionContext | None,
-        executemany: bool,
-    ) -> None:
-        if context is not None:
-            setattr(context, _START, perf_counter())
+        _timer.StatementTimer.of(engine).add(self._after, error=self._error)
 
     def _after(
         self,
-        conn: Connection,
         cursor: Any,
         statement: str,
         parameters: Any,
         context: ExecutionContext | None,
         executemany: bool,
+        elapsed: float,
     ) -> None:
-        start = getattr(context, _START, None)
-        if start is not None:
-            self.observe(statement_kind(statement), perf_counter() - start)
+        self.observe(statement_kind(statement), elapsed)
 
-    def _error(self, exception_context: ExceptionContext) -> None:
-        start = getattr(exception_context.execution_context, _START, None)
+    def _error(self, exception_context: ExceptionContext, elapsed: float | None) -> None:
         statement = exception_context.statement
-        if start is not None and statement is not None:
+        if elapsed is not None and statement is not None:
             error = type(exception_context.original_exception).__name__
-            self.observe(statement_kind(statement), perf_counter() - start, error=error)
+            self.observe(statement_kind(statement), elapsed, error=error)
 
     # -- figures ------------------------------------------------------------------------
 
@@ -218,16 +193,7 @@ class StatementMetrics:
         the same labels (two engines of one app) are added up. Raises
         :class:`~dbkeel.MissingDependencyError` without ``dbkeel[prometheus]``.
         """
-        core = _prometheus()
-        if registry is None:
-            registry = core.REGISTRY
-        collector = _COLLECTORS.get(registry)
-        if collector is None:
-            collector = StatementCollector()
-            registry.register(collector)
-            _COLLECTORS[registry] = collector
-        collector.add(self)
-        return collector
+        return StatementCollector.register(self, registry)
 
     def enable_otel(self, meter_provider: Any = None) -> None:
         """Record each statement in the ``db.client.operation.duration`` histogram of
@@ -277,34 +243,10 @@ def statement_metrics(db: DatabaseManager | AsyncEngine, *, max_operations: int 
     return metrics
 
 
-def _prometheus() -> Any:
-    try:
-        import prometheus_client.core
-    except ImportError:
-        raise MissingDependencyError(
-            "Prometheus metrics", "prometheus", "prometheus_client"
-        ) from None
-    return prometheus_client.core
-
-
-class StatementCollector:
+class StatementCollector(Collector["StatementMetrics"]):
     """A prometheus-client collector over any number of :class:`StatementMetrics`."""
 
-    def __init__(self) -> None:
-        self.core = _prometheus()
-        self._metrics: weakref.WeakSet[StatementMetrics] = weakref.WeakSet()
-
-    def add(self, metrics: StatementMetrics) -> None:
-        """Export *metrics* too (a second add is a no-op)."""
-        self._metrics.add(metrics)
-
-    def describe(self) -> Iterator[Any]:
-        return self._families([])
-
-    def collect(self) -> Iterator[Any]:
-        return self._families(list(self._metrics))
-
-    def _families(self, all_metrics: list[StatementMetrics]) -> Iterator[Any]:
+    def families(self, all_metrics: list[StatementMetrics]) -> Iterator[Any]:
         core = self.core
         labels = ["app", "kind", "operation"]
         count = core.CounterMetricFamily(
@@ -329,11 +271,7 @@ class StatementCollector:
             labels_ = list(key)
             count.add_metric(labels_, histogram.count)
             errors.add_metric(labels_, failed)
-            buckets = [
-                ("+Inf" if bound == float("inf") else repr(bound), n)
-                for bound, n in histogram.cumulative()
-            ]
-            duration.add_metric(labels_, buckets, histogram.sum)
+            duration.add_metric(labels_, buckets(histogram), histogram.sum)
         yield from (count, errors, duration)
 
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
 
+from dbkeel import _sql, _timer
 from dbkeel.exceptions import MissingDependencyError
 
 if TYPE_CHECKING:
@@ -73,9 +74,7 @@ class StatementSpans:
 
     def attach(self, engine: Engine) -> None:
         if self._statements:
-            event.listen(engine, "before_cursor_execute", self.before)
-            event.listen(engine, "after_cursor_execute", self.after)
-            event.listen(engine, "handle_error", self.error)
+            _timer.StatementTimer.of(engine).add(self.after, before=self.before, error=self.error)
         if self._transactions:
             event.listen(engine, "begin", self.begin)
             event.listen(engine, "commit", self.commit)
@@ -117,11 +116,9 @@ class StatementSpans:
         cursor: Any,
         statement: str,
         parameters: Any,
-        context: ExecutionContext | None,
+        context: ExecutionContext,
         executemany: bool,
     ) -> None:
-        if context is None:
-            return
         # The context's statement is the text before comment tags were appended: no
         # comment in db.query.text, and one cache entry whatever the traceparent.
         statement = context.statement
@@ -144,7 +141,7 @@ class StatementSpans:
         attributes = dict(self._base)
         system = self._system_of(conn)
         attributes["db.system.name"] = system
-        operation = statement.lstrip().split(None, 1)[0].upper() if statement.strip() else ""
+        operation = _sql.keyword(statement)
         if operation:
             attributes["db.operation.name"] = operation
         table = _collection(context)
@@ -155,19 +152,19 @@ class StatementSpans:
 
     def after(
         self,
-        conn: Connection,
         cursor: Any,
         statement: str,
         parameters: Any,
         context: ExecutionContext | None,
         executemany: bool,
+        elapsed: float,
     ) -> None:
         span = getattr(context, _SPAN, None)
         if span is not None:
             delattr(context, _SPAN)
             span.end()
 
-    def error(self, exception_context: ExceptionContext) -> None:
+    def error(self, exception_context: ExceptionContext, elapsed: float | None) -> None:
         context = exception_context.execution_context
         span = getattr(context, _SPAN, None)
         if span is None:

@@ -1,7 +1,7 @@
-"""Per-context statement figures, timed on the engine's cursor events.
+"""Per-context statement figures, timed by the engine's statement timer (``_timer``).
 
-``before_cursor_execute``/``after_cursor_execute`` on the sync engine behind the
-``AsyncEngine`` time the driver round trip. Outside a ``track()`` block the cost is one
+The timer's ``before_cursor_execute``/``after_cursor_execute`` on the sync engine behind
+the ``AsyncEngine`` time the driver round trip. Outside a ``track()`` block the cost is one
 ``ContextVar.get()`` per statement; inside, a few additions into bounded dicts.
 
 Rows are what the driver reports as ``cursor.rowcount``: rows changed by INSERT/UPDATE/
@@ -10,48 +10,37 @@ DELETE (drivers report -1 for most SELECTs, which is not counted).
 
 from __future__ import annotations
 
-from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from dbkeel.insight.context import current_context
+from dbkeel import _timer
+from dbkeel.insight.context import _CURRENT
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Connection, ExecutionContext
+    from sqlalchemy.engine import Engine, ExecutionContext
 
 __all__ = ["StatsRecorder"]
 
-_START = "_dbkeel_insight_start"
+# current_context() without its Python frame: this runs for every statement in track()
+_current_context = _CURRENT.get
 
 
 class StatsRecorder:
-    """Engine cursor listeners feeding the current ``InsightContext``."""
+    """Feeds the current ``InsightContext`` from the engine's statement timer."""
 
-    def before(
-        self,
-        conn: Connection,
-        cursor: Any,
-        statement: str,
-        parameters: Any,
-        context: ExecutionContext | None,
-        executemany: bool,
-    ) -> None:
-        if context is not None and current_context() is not None:
-            setattr(context, _START, perf_counter())
+    def attach(self, engine: Engine) -> None:
+        _timer.StatementTimer.of(engine).add(self.after, tracked_only=True)
 
     def after(
         self,
-        conn: Connection,
         cursor: Any,
         statement: str,
         parameters: Any,
         context: ExecutionContext | None,
         executemany: bool,
+        elapsed: float,
     ) -> None:
-        start = getattr(context, _START, None)
-        if start is None:
-            return
-        ctx = current_context()
+        ctx = _current_context()
         if ctx is None:
             return
         rowcount = getattr(cursor, "rowcount", -1)
-        ctx.record(statement, perf_counter() - start, rowcount if isinstance(rowcount, int) else -1)
+        ctx.record(statement, elapsed, rowcount if isinstance(rowcount, int) else -1)

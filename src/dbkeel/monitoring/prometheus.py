@@ -29,33 +29,20 @@ Example::
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from dbkeel.exceptions import MissingDependencyError
+from dbkeel.monitoring._collector import Collector, buckets, prometheus_core
 
 if TYPE_CHECKING:
     from dbkeel.monitoring.pool import PoolMonitor
-    from dbkeel.monitoring.stats import Histogram
 
 __all__ = ["PoolCollector", "prometheus_text", "register_prometheus"]
 
 PREFIX = "dbkeel_pool_"
-_COLLECTORS: weakref.WeakKeyDictionary[Any, PoolCollector] = weakref.WeakKeyDictionary()
 
 
-def _client() -> Any:
-    try:
-        import prometheus_client.core
-    except ImportError:
-        raise MissingDependencyError(
-            "Prometheus metrics", "prometheus", "prometheus_client"
-        ) from None
-    return prometheus_client.core
-
-
-class PoolCollector:
+class PoolCollector(Collector["PoolMonitor"]):
     """A prometheus-client collector over any number of monitors (one registry each).
 
     Example::
@@ -65,22 +52,7 @@ class PoolCollector:
         registry.register(PoolCollector([monitor]))
     """
 
-    def __init__(self, monitors: list[PoolMonitor] | None = None) -> None:
-        self.core = _client()
-        self._monitors: weakref.WeakSet[PoolMonitor] = weakref.WeakSet(monitors or ())
-
-    def add(self, monitor: PoolMonitor) -> None:
-        """Export *monitor* too (a second add is a no-op)."""
-        self._monitors.add(monitor)
-
-    def describe(self) -> Iterator[Any]:
-        # Names for the registry's duplicate check, without reading any pool.
-        return self._families([])
-
-    def collect(self) -> Iterator[Any]:
-        return self._families(list(self._monitors))
-
-    def _families(self, monitors: list[PoolMonitor]) -> Iterator[Any]:
+    def families(self, monitors: list[PoolMonitor]) -> Iterator[Any]:
         core = self.core
         labels = ["app", "pool", "node", "address"]
         gauge, counter = core.GaugeMetricFamily, core.CounterMetricFamily
@@ -126,23 +98,16 @@ class PoolCollector:
             size.add_metric(key, status["size"])
             overflow.add_metric(key, status["overflow"])
             waiting.add_metric(key, status["waiting"] or 0)
-            wait.add_metric(key, _buckets(c.checkout_wait), c.checkout_wait.sum)
+            wait.add_metric(key, buckets(c.checkout_wait), c.checkout_wait.sum)
             timeouts.add_metric(key, c.checkout_timeouts)
             invalidations.add_metric([*key, "hard"], c.hard_invalidations)
             invalidations.add_metric([*key, "soft"], c.soft_invalidations)
             cancellations.add_metric(key, c.cancellations)
             connects.add_metric(key, c.connects)
-            connect_time.add_metric(key, _buckets(c.connect_time), c.connect_time.sum)
+            connect_time.add_metric(key, buckets(c.connect_time), c.connect_time.sum)
             leaks.add_metric(key, c.leaks)
         yield from (connections, capacity, size, overflow, waiting, wait, timeouts)
         yield from (invalidations, cancellations, connects, connect_time, leaks)
-
-
-def _buckets(histogram: Histogram) -> list[tuple[str, int]]:
-    return [
-        ("+Inf" if bound == float("inf") else repr(bound), count)
-        for bound, count in histogram.cumulative()
-    ]
 
 
 def register_prometheus(monitor: PoolMonitor, registry: Any = None) -> PoolCollector:
@@ -153,21 +118,12 @@ def register_prometheus(monitor: PoolMonitor, registry: Any = None) -> PoolColle
     labels tell them apart. With replicas, register each of ``db.monitors``.
     Raises :class:`~dbkeel.MissingDependencyError` without ``dbkeel[prometheus]``.
     """
-    core = _client()
-    if registry is None:
-        registry = core.REGISTRY
-    collector = _COLLECTORS.get(registry)
-    if collector is None:
-        collector = PoolCollector()
-        registry.register(collector)
-        _COLLECTORS[registry] = collector
-    collector.add(monitor)
-    return collector
+    return PoolCollector.register(monitor, registry)
 
 
 def prometheus_text(*monitors: PoolMonitor) -> str:
     """The Prometheus text exposition of *monitors* alone (handy for a debug endpoint)."""
-    core = _client()
+    core = prometheus_core()
     from prometheus_client import generate_latest
 
     registry = core.CollectorRegistry(auto_describe=True)

@@ -1,7 +1,8 @@
 """The slow query log: each statement slower than a threshold, with its duration.
 
-Timed between SQLAlchemy's ``before_cursor_execute`` and ``after_cursor_execute`` events,
-i.e. the driver round trip, on the sync engine behind an ``AsyncEngine``. Bound parameters
+Timed between SQLAlchemy's ``before_cursor_execute`` and ``after_cursor_execute`` events
+(by the engine's statement timer, ``dbkeel._timer``), i.e. the driver round trip, on the
+sync engine behind an ``AsyncEngine``. Bound parameters
 (user data, tokens) are shown as ``[masked]`` unless ``log_parameters=True``; the statement
 text itself is logged, so keep secrets out of SQL literals.
 
@@ -16,23 +17,21 @@ from __future__ import annotations
 
 import logging
 import weakref
-from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from dbkeel import _timer
 from dbkeel.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Connection, Engine, ExecutionContext
+    from sqlalchemy.engine import Engine, ExecutionContext
 
 __all__ = ["SlowQueryLog"]
 
 logger = logging.getLogger(__name__)
 
 _MAX_STATEMENT = 2000  # characters of SQL per log line
-_START = "_dbkeel_query_start"
 _LOGS: weakref.WeakKeyDictionary[Engine, SlowQueryLog] = weakref.WeakKeyDictionary()
 
 
@@ -71,36 +70,19 @@ class SlowQueryLog:
         if existing is not None:
             return existing
         log = cls(threshold, log_parameters=log_parameters, app_name=app_name)
-        event.listen(sync_engine, "before_cursor_execute", log._before)
-        event.listen(sync_engine, "after_cursor_execute", log._after)
+        _timer.StatementTimer.of(sync_engine).add(log._after)
         _LOGS[sync_engine] = log
         return log
 
-    def _before(
-        self,
-        conn: Connection,
-        cursor: Any,
-        statement: str,
-        parameters: Any,
-        context: ExecutionContext | None,
-        executemany: bool,
-    ) -> None:
-        if context is not None:
-            setattr(context, _START, perf_counter())
-
     def _after(
         self,
-        conn: Connection,
         cursor: Any,
         statement: str,
         parameters: Any,
         context: ExecutionContext | None,
         executemany: bool,
+        elapsed: float,
     ) -> None:
-        start = getattr(context, _START, None)
-        if start is None:
-            return
-        elapsed = perf_counter() - start
         if elapsed < self.threshold:
             return
         self.count += 1

@@ -17,7 +17,6 @@ with the first sample of the primary's position taken after that time (positions
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
 
 from sqlalchemy import event
@@ -25,6 +24,7 @@ from sqlalchemy.engine import Connection, Engine, ExecutionContext
 from sqlalchemy.engine.default import DefaultExecutionContext
 from sqlalchemy.orm import Session, SessionTransaction
 
+from dbkeel import _sql
 from dbkeel.mixins.session import DbkeelSession
 from dbkeel.replicas.tokens import record_write
 
@@ -34,20 +34,16 @@ logger = logging.getLogger(__name__)
 
 _WROTE = "dbkeel_wrote"  # Connection.info: the current transaction wrote
 _CONNECTION = "dbkeel_connection"  # Session.info: the connection of its transaction
-# leading blanks and comments, then a keyword of a statement that only reads
-_READS = re.compile(
-    r"(?:\s+|/\*.*?\*/|--[^\n]*(?:\n|$))*(?:SELECT|SHOW|VALUES|TABLE)\b", re.I | re.S
-)
 
 
 def is_write(context: ExecutionContext | None, statement: str) -> bool:
     """True when the statement about to run may change data (see the module doc)."""
     if not isinstance(context, DefaultExecutionContext):
-        return _READS.match(statement) is None
+        return not _sql.is_read(statement)
     if context.isinsert or context.isupdate or context.isdelete or context.isddl:
         return True
     if context.is_text:
-        return _READS.match(statement) is None
+        return not _sql.is_read(statement)
     return False  # a compiled SELECT
 
 

@@ -13,21 +13,15 @@ Example::
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from dbkeel import _sql
 from dbkeel.bulk.copy import COPIED_TABLES
 
 __all__ = ["TouchedTables"]
-
-_TARGET = re.compile(
-    r"^\s*(?:INSERT\s+(?:IGNORE\s+)?INTO|REPLACE\s+INTO|UPDATE(?:\s+IGNORE)?|"
-    r"DELETE\s+FROM|MERGE\s+INTO|COPY)\s+((?:[`\"]?[\w$]+[`\"]?\.)?[`\"]?[\w$]+[`\"]?)",
-    re.IGNORECASE,
-)
 
 
 class TouchedTables:
@@ -41,9 +35,9 @@ class TouchedTables:
         event.listen(sync.pool, "checkin", self._checkin)
 
     def _statement(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        match = _TARGET.match(statement)
-        if match:
-            self.names.add(match.group(1).replace('"', "").replace("`", ""))
+        tables = _sql.written_tables(statement)
+        if tables:
+            self.names.update(tables)
 
     def _checkin(self, dbapi_connection: Any, record: Any) -> None:
         copied = record.info.pop(COPIED_TABLES, None) if record is not None else None

@@ -179,7 +179,7 @@ class TestDatabase:
 
         touched = TouchedTables(base.engine)
         lent = [manager, *([app_manager] if app_manager is not None else [])]
-        read_only = base._read_only_factory
+        read_only = base._serving.read_only_factory
         assert read_only is not None  # base is initialized
         restore = [m._lend(base.engine, base.session_factory, read_only) for m in lent]
         try:

@@ -26,7 +26,6 @@ Example::
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -37,6 +36,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker as AsyncSessionMaker
 from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.util import await_only
 
+from dbkeel import _sql
 from dbkeel.exceptions import ReadOnlyTransactionError, SandboxError
 from dbkeel.manager import DatabaseManager
 
@@ -44,18 +44,6 @@ __all__ = ["Sandbox"]
 
 _INFO_KEY = "dbkeel.sandbox"
 _FACTORIES_KEY = "dbkeel.sandbox_factories"
-# MariaDB/MySQL commit the open transaction implicitly before (and after) these, which
-# would make the test's writes permanent. Temporary tables are the exception.
-_IMPLICIT_COMMIT = re.compile(
-    r"^\s*(?:(?:CREATE|DROP)\s+(?!TEMPORARY\b)|ALTER\s|RENAME\s|TRUNCATE\s|"
-    r"(?:UN)?LOCK\s+TABLES|GRANT\s|REVOKE\s|BEGIN\b|START\s+TRANSACTION|COMMIT\b|"
-    r"(?:ANALYZE|OPTIMIZE|REPAIR)\s+TABLE|SET\s+(?:@@)?autocommit)",
-    re.IGNORECASE,
-)
-# What a read-only session may not run where the server does not enforce it for us.
-_WRITE = re.compile(
-    r"^\s*(INSERT|UPDATE|DELETE|REPLACE|MERGE|CREATE|DROP|ALTER|TRUNCATE)\b", re.IGNORECASE
-)
 _read_only_classes: dict[type[Session], type[Session]] = {}
 
 
@@ -212,10 +200,10 @@ class Sandbox:
         context: Any,
         executemany: bool,
     ) -> None:
+        # What a read-only session may not run where the server does not enforce it.
         if self._read_only_at and self._dialect != "postgresql":
-            match = _WRITE.match(statement)
-            if match:
-                kind = match.group(1).upper()
+            kind = _sql.write_verb(statement)
+            if kind is not None:
                 raise ReadOnlyTransactionError(
                     f"A {kind} statement ran in a read-only session (get_session("
                     f"read_only=True)): read-only sessions may land on a replica, so "
@@ -223,8 +211,10 @@ class Sandbox:
                     f"`db.get_session()`, for statements that change data.",
                     statement_kind=kind,
                 )
-        if self._dialect in ("mysql", "mariadb") and _IMPLICIT_COMMIT.match(statement):
-            verb = " ".join(statement.split()[:3])
+        # MariaDB/MySQL commit the open transaction before (and after) DDL, which would
+        # make the test's writes permanent.
+        if self._dialect in ("mysql", "mariadb") and _sql.implicit_commit(statement):
+            verb = _sql.head(statement)
             raise SandboxError(
                 f"{verb!r} inside a test's transaction: MariaDB/MySQL commit the open "
                 f"transaction before DDL, so everything the test wrote would stay in the "
