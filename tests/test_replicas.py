@@ -273,12 +273,12 @@ async def test_read_right_after_a_write_is_not_stale_on_paused_replicas(
 
     async def write_then_read() -> list[tuple[int | None, bool]]:
         async with rdb.get_session() as session:
-            await session.execute(text("INSERT INTO items VALUES (7000000, 'w')"))
-        seen = [await read(7000000)]
+            await session.execute(text("INSERT INTO items VALUES (7500000, 'w')"))
+        seen = [await read(7500000)]
         await probe_once(router)  # the bound is known now: past what the replicas have
         await probe_once(router)
         assert all(n.usable(rdb.settings.replica_max_lag) for n in router.nodes)
-        seen.append(await read(7000000))
+        seen.append(await read(7500000))
         return seen
 
     with _replay_paused(cluster):
