@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Literal
 from sqlalchemy.orm.interfaces import StrategizedProperty
 
 from dbkeel.exceptions import NPlusOneError
-from dbkeel.insight.context import MAX_LOAD_KEYS, InsightContext, _LoadCount, current_context
+from dbkeel.insight.context import _CURRENT, MAX_LOAD_KEYS, InsightContext, _LoadCount
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import ORMExecuteState
@@ -58,20 +58,19 @@ class NPlusOneDetector:
         """``do_orm_execute`` listener: count the load, report at the threshold."""
         if not state.is_select:
             return
-        ctx = current_context()
+        ctx = _CURRENT.get()  # current_context() without its frame: every ORM execute
         if ctx is None:
             # No request context (no track() block): the session is the context.
             info = state.session.info
             ctx = info.get(_SESSION_KEY)
             if ctx is None:
                 ctx = info[_SESSION_KEY] = InsightContext()
-        if not state.is_relationship_load:
+        # is_relationship_load, without its second pass over the statement's options
+        path = state.loader_strategy_path
+        if path is None or path.is_root:
             ctx.orm_executions += 1
             return
-        if ctx.nplusone_allowed:
-            return
-        path = state.loader_strategy_path
-        if path is None or len(path) < 2:
+        if ctx.nplusone_allowed or len(path) < 2:
             return
         prop = path[-1]
         if not isinstance(prop, StrategizedProperty):
