@@ -165,7 +165,8 @@ def _hook_cost(baseline_cpu_per_request: float) -> None:
     timer = StatementTimer()  # the engine's listeners, called here directly
     timer.add(StatsRecorder().after, tracked_only=True)
     tagger = CommentTagger("dbkeel-bench", "numeric_dollar")
-    state = SimpleNamespace(is_select=True, is_relationship_load=False, session=None)
+    # a top-level SELECT: no loader path (what on_execute reads for a relationship load)
+    state = SimpleNamespace(is_select=True, loader_strategy_path=None, session=None)
     cursor = SimpleNamespace(rowcount=-1)
     statement = "SELECT bench_insight_items.id FROM bench_insight_items WHERE id = $1"
 

@@ -37,6 +37,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from benchmarks._harness import PG_URL, Candidate, console, scaled
 from benchmarks.bench_insight import _compare_paired
 from dbkeel import DatabaseManager, DatabaseSettings
+from dbkeel._timer import StatementTimer
 from dbkeel.insight.stats import StatsRecorder
 from dbkeel.integrations.fastapi import QueryBudget, Session, install
 from dbkeel.integrations.litestar import DbkeelConfig, DbkeelPlugin
@@ -135,14 +136,15 @@ async def _middleware_cost(base_cpu_per_request: float) -> None:
     runs the engine's statistics listeners for one statement (best of 5 loops): the
     middleware, the per-request context, and recording the statement in it (untracked,
     the listeners return at once)."""
-    stats = StatsRecorder()
+    timer = StatementTimer()  # the engine's statement listeners, called here directly
+    timer.add(StatsRecorder().after, tracked_only=True)
     cursor = SimpleNamespace(rowcount=-1)
     statement = "SELECT bench_tracking_items.id FROM bench_tracking_items WHERE id = $1"
 
     async def noop(scope: Any, receive: Any, send: Any) -> None:
         context = SimpleNamespace()
-        stats.before(None, cursor, statement, (), context, False)  # type: ignore[arg-type]
-        stats.after(None, cursor, statement, (), context, False)  # type: ignore[arg-type]
+        timer._on_before(None, cursor, statement, (), context, False)  # type: ignore[arg-type]
+        timer._on_after(None, cursor, statement, (), context, False)  # type: ignore[arg-type]
 
     async def no_send(message: Any) -> None:
         return None
