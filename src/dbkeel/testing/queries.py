@@ -32,16 +32,23 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
+from dbkeel._sql import keyword
 from dbkeel.manager import DatabaseManager
 
 __all__ = ["QueryLog", "assert_max_queries"]
 
 _SHOWN_CHARS = 300  # of each statement, in a failure message
-_TRANSACTION_CONTROL = re.compile(
-    r"\s*(?:BEGIN|START\s+TRANSACTION|COMMIT|ROLLBACK|SAVEPOINT|RELEASE|SET\s+TRANSACTION|"
-    r"PRAGMA\s+query_only)\b",
-    re.IGNORECASE,
-)
+# Transaction control, by first keyword (dbkeel._sql reads statement text for all of
+# dbkeel); SET and PRAGMA only in the forms dbkeel's sessions send.
+_CONTROL = frozenset({"BEGIN", "START", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE"})
+_CONTROL_SETTING = re.compile(r"\s*(?:SET\s+TRANSACTION|PRAGMA\s+query_only)\b", re.IGNORECASE)
+
+
+def _transaction_control(statement: str) -> bool:
+    verb = keyword(statement)
+    if verb in _CONTROL:
+        return True
+    return verb in ("SET", "PRAGMA") and _CONTROL_SETTING.match(statement) is not None
 
 
 class QueryLog:
@@ -123,7 +130,7 @@ class QueryLog:
         return "\n".join(lines) or "  (none)"
 
     def _record(self, conn: Connection, cursor: Any, statement: str, *args: Any) -> None:
-        if not _TRANSACTION_CONTROL.match(statement):
+        if not _transaction_control(statement):
             self.statements.append(statement)
 
 
