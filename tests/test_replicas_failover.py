@@ -28,6 +28,7 @@ from tests.patroni_rig import PatroniCluster
 from tests.replica_rig import ReplicaCluster
 
 TABLE = "failover_acked"
+_HAS_TABLE = f"SELECT to_regclass('{TABLE}') IS NOT NULL"
 WRITERS = 50
 READERS = 10
 
@@ -94,7 +95,8 @@ class FailoverLoad:
                     await session.execute(text(f"SELECT count(*) FROM {TABLE}"))
                 self.reads += 1
             except Exception as exc:
-                self.failed_reads.append(f"{type(exc).__name__}: {exc}"[:300])
+                at = time.monotonic() - self._since
+                self.failed_reads.append(f"at {at:+.2f} s: {type(exc).__name__}: {exc}"[:300])
             await asyncio.sleep(0.01)
 
     def acknowledged_since(self, moment: float) -> int:
@@ -175,6 +177,13 @@ async def test_patroni_failover_keeps_writes_and_reads_going(patroni: PatroniClu
     assert old is not None and sync is not None
     assert patroni.psql(old, "SHOW synchronous_standby_names"), "not synchronous"
     patroni.psql(old, f"CREATE TABLE {TABLE} (id bigint NOT NULL)")
+    # The readers carry no consistency token, so a replica that has not replayed the
+    # CREATE TABLE yet is rightly used and says the table does not exist: wait for all.
+    patroni.wait_for(
+        lambda: all(patroni.psql(n, _HAS_TABLE) == "t" for n in patroni.nodes),
+        30,
+        f"{TABLE} replayed on every node",
+    )
     ports = [node.port for node in patroni.nodes]
     settings = _settings(ports, [node.url() for node in patroni.nodes])
     async with DatabaseManager(settings) as db:
@@ -227,6 +236,10 @@ async def test_manual_promote_failover_loses_no_acknowledged_commit() -> None:
         rig.primary.psql(f"CREATE TABLE {TABLE} (id bigint NOT NULL)")
         await asyncio.to_thread(rig.wait_streaming)
         replica = rig.replicas[0]
+        deadline = time.monotonic() + 30  # the readers must not race the CREATE TABLE
+        while replica.psql(_HAS_TABLE) != "t":
+            assert time.monotonic() < deadline, f"{TABLE} not replayed on the replica in 30 s"
+            await asyncio.sleep(0.1)
         ports = [rig.primary.port, replica.port]
         settings = _settings(ports, [replica.url()])
         async with DatabaseManager(settings) as db:
