@@ -229,15 +229,23 @@ async def test_startup_fails_when_its_encrypted_columns_exist_without_keys(db_ur
 
 
 async def test_manager_without_metadata_warns_about_other_models_and_starts(
-    db_url: str, caplog: pytest.LogCaptureFixture
+    db_url: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Encrypted models register process-wide; a second manager with no keys and no
-    metadata (a CLI command, a benchmark, another database) used to refuse to start."""
+    metadata (a CLI command, a benchmark, another database) used to refuse to start.
+    The warning is logged once per process, not at every manager's start."""
+    from dbkeel.encryption import registry
+
+    monkeypatch.setattr(registry, "_warned", set())
     _models = secrets_table()  # kept alive: dropped models no longer count
     caplog.set_level(logging.WARNING, "dbkeel.encryption.registry")
     async with DatabaseManager(make_settings(db_url)) as db:
         assert db.is_initialized
     assert "enc_secrets.blob" in caplog.text and "metadata=Base.metadata" in caplog.text
+    caplog.clear()
+    async with DatabaseManager(make_settings(db_url)) as db:
+        assert db.is_initialized
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
 
 
 async def test_manager_scoped_to_its_metadata_starts_without_other_models_keys(

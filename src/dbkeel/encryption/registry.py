@@ -122,6 +122,9 @@ def use_key_ring(engine: AsyncEngine | Engine, ring: KeyRing) -> None:
         watch_updates(sync_engine)
 
 
+_warned: set[str] = set()  # the missing-key warnings already logged by this process
+
+
 def ring_for(dialect: Dialect, column: str) -> KeyRing:
     """The ring attached to *dialect*; a clear error naming *column* when there is none."""
     ring: KeyRing | None = getattr(dialect, RING_ATTRIBUTE, None)
@@ -179,10 +182,15 @@ async def load_key_ring(
         # Without metadata= the loaded models may belong to another database of this
         # process (another manager, a benchmark, a CLI command): warn, and let a use of
         # such a column raise KeyRingError naming it.
-        logger.warning(
+        # Once per process and problem: a service or benchmark that makes many managers
+        # would otherwise repeat the same paragraph at each start.
+        message = " ".join(problems)
+        log = logger.debug if message in _warned else logger.warning
+        _warned.add(message)
+        log(
             "%s Pass DatabaseManager(metadata=Base.metadata) to make this a startup error "
             "for the models this manager serves.",
-            " ".join(problems),
+            message,
         )
     return ring
 
