@@ -25,6 +25,11 @@ from tests.uvicorn_support import PIDS, serve  # the project root is on sys.path
 
 CLIENTS = 50
 POOL_SIZE = "10"
+# Longer than httpx's keepalive_expiry (5 s): with uvicorn's default, also 5 s, the
+# server may close an idle pooled connection just as the client sends on it, and that
+# request fails with ReadError (the HTTP keep-alive race, e.g. Kludex/uvicorn#824 and
+# agentscope-ai/agentscope-runtime#468), on both sides alike: a rig error, not the app's.
+KEEP_ALIVE = 30.0
 
 
 async def _seed(base: str) -> list[str]:
@@ -86,8 +91,14 @@ async def main() -> None:
         "DATABASE_MAX_OVERFLOW": "0",
     }
     with (
-        serve(PG_URL, "dbkeel-bench-integ", **env) as dbkeel_base,
-        serve(PG_URL, "dbkeel-bench-hand", "benchmarks._notes_handmade:app", **env) as hand_base,
+        serve(PG_URL, "dbkeel-bench-integ", keep_alive=KEEP_ALIVE, **env) as dbkeel_base,
+        serve(
+            PG_URL,
+            "dbkeel-bench-hand",
+            "benchmarks._notes_handmade:app",
+            keep_alive=KEEP_ALIVE,
+            **env,
+        ) as hand_base,  # fmt: skip
     ):
         bases = {"dbkeel install()": dbkeel_base, "hand-made": hand_base}
         ids = await _seed(dbkeel_base)

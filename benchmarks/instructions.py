@@ -20,7 +20,10 @@ OpenTelemetry SDK with a no-op exporter, and the slow query log),
 without ``PoolMonitor``; concurrency makes this one vary by about a percent),
 ``insight`` and ``insight_tags`` (600 of bench_insight's requests, one task: N+1
 detection and per-request stats, then also static sqlcommenter tags, against insight
-off; issue 18's goal for both is <= 1.03).
+off; issue 18's goal for both is <= 1.03), ``app`` (400 requests of bench_integrations'
+mix, one task, straight into the FastAPI notes app: dbkeel ``install()`` vs the same app
+with hand-made dependencies; the server's side of issue 16's load benchmark, without
+uvicorn and the HTTP client).
 Needs valgrind.
 """
 
@@ -45,6 +48,7 @@ CASES: dict[str, tuple[str, str]] = {
     "monitoring": ("no monitoring", "PoolMonitor"),
     "insight": ("insight off", "N+1 detection + stats"),
     "insight_tags": ("insight off", "N+1 detection + stats + static comment tags"),
+    "app": ("notes app with hand-made dependencies", "notes app with dbkeel install()"),
 }
 
 
@@ -260,6 +264,65 @@ async def _insight(side: int, **on: object) -> None:
             await conn.run_sync(Base.metadata.drop_all)
 
 
+async def _asgi(app: Any, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+    """One request straight into *app* (no HTTP client, no server): status and body."""
+    headers = [(b"host", b"bench")]
+    if body:
+        headers += [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
+        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+        "root_path": "", "headers": headers, "client": ("127.0.0.1", 1), "server": ("bench", 80),
+    }  # fmt: skip
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    status, chunks = 0, []
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop()
+        await asyncio.Event().wait()  # the request is whole: no disconnect before the end
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+        elif message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+
+    await app(scope, receive, send)
+    return status, b"".join(chunks)
+
+
+async def _app(side: int) -> None:
+    import importlib
+    import json
+    import secrets
+
+    os.environ.update(
+        DATABASE_URL=_harness.PG_URL, ENVIRONMENT="production", DATABASE_POOL_SIZE="10",
+        DATABASE_MAX_OVERFLOW="0", APP_NAME="dbkeel-bench",
+    )  # fmt: skip  # bench_integrations' server environment
+    module = "examples.notes.app" if side == 1 else "benchmarks._notes_handmade"
+    app = importlib.import_module(module).app
+
+    def new_note() -> bytes:
+        return json.dumps({"slug": secrets.token_hex(8), "body": "b"}).encode()
+
+    async with app.router.lifespan_context(app):
+        ids = [json.loads((await _asgi(app, "POST", "/notes", new_note()))[1])["id"]]
+
+        async def work() -> None:  # bench_integrations' mix: 4 GETs by key, 1 POST
+            for i in range(400):
+                if i % 5 == 4:
+                    status, body = await _asgi(app, "POST", "/notes", new_note())
+                else:
+                    status, body = await _asgi(app, "GET", f"/notes/{ids[0]}")
+                assert status < 400, body
+
+        await _count(work)()
+
+
 RUNNERS = {
     "request_path": _request_path,
     "statement_hooks": _statement_hooks,
@@ -268,6 +331,7 @@ RUNNERS = {
     "monitoring": _monitoring,
     "insight": lambda side: _insight(side, nplusone="log"),
     "insight_tags": lambda side: _insight(side, nplusone="log", query_comment=True),
+    "app": _app,
 }
 
 

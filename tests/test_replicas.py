@@ -139,6 +139,37 @@ async def test_read_only_session_on_every_backend(db: DatabaseManager) -> None:
         await session.execute(text("INSERT INTO ro_all VALUES (2)"))
 
 
+async def test_read_only_flag_does_not_outlive_the_session(pg_url: str) -> None:
+    """One pooled connection serves a read-only session, then read-write ones: the
+    read-only flag set on it for BEGIN READ ONLY is cleared when it returns to the pool,
+    whether the read-only session ended cleanly, failed, or was cancelled."""
+    settings = make_settings(pg_url, environment="production", pool_size=1, max_overflow=0)
+    async with DatabaseManager(settings) as db:
+
+        async def read_only_setting(**kw: Any) -> str:
+            async with db.get_session(**kw) as session:
+                return str(await session.scalar(text("SHOW transaction_read_only")))
+
+        assert await read_only_setting(read_only=True) == "on"
+        assert await read_only_setting() == "off"
+        with pytest.raises(ReadOnlyTransactionError):
+            async with db.get_session(read_only=True) as session:
+                await session.execute(text("CREATE TEMP TABLE ro_flag (x int)"))
+        assert await read_only_setting() == "off"
+
+        async def held() -> None:
+            async with db.get_session(read_only=True) as session:
+                await session.execute(text("SELECT pg_sleep(5)"))
+
+        task = asyncio.create_task(held())
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await read_only_setting() == "off"
+        assert await read_only_setting(read_only=True) == "on"
+
+
 async def test_bad_token_is_refused(pg_db: DatabaseManager) -> None:
     with pytest.raises(InvalidValueError, match="consistency token"):
         async with pg_db.get_session(read_only=True, after="garbage"):

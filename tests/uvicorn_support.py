@@ -26,14 +26,25 @@ def free_port() -> int:
 
 @contextmanager
 def serve(
-    url: str, app_name: str, module: str = "examples.notes.app:app", **env: str
+    url: str,
+    app_name: str,
+    module: str = "examples.notes.app:app",
+    *,
+    keep_alive: float | None = None,
+    **env: str,
 ) -> Iterator[str]:
-    """Start uvicorn serving *module* on *url*; yields the base URL; stops it afterwards."""
+    """Start uvicorn serving *module* on *url*; yields the base URL; stops it afterwards.
+
+    *keep_alive*: uvicorn's ``--timeout-keep-alive`` (its default is 5 s).
+    """
     port = free_port()
     environ = {k: v for k, v in os.environ.items() if not k.startswith("DATABASE_")}
     environ.update({"DATABASE_URL": url, "ENVIRONMENT": "development", "APP_NAME": app_name, **env})
+    args = [sys.executable, "-m", "uvicorn", module, "--port", str(port), "--log-level", "warning"]
+    if keep_alive is not None:
+        args += ["--timeout-keep-alive", f"{keep_alive:g}"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", module, "--port", str(port), "--log-level", "warning"],
+        args,
         cwd=ROOT,
         env=environ,
         stdout=subprocess.PIPE,

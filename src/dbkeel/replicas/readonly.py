@@ -1,7 +1,9 @@
 """Sessions that run ``SET TRANSACTION READ ONLY`` wherever they land.
 
-PostgreSQL (asyncpg): the ``postgresql_readonly`` connection characteristic makes the
-driver open the transaction with ``BEGIN READ ONLY``: no extra round trip. MariaDB:
+PostgreSQL (asyncpg): the adapted connection's ``readonly`` flag, set when the session's
+transaction begins and cleared when the connection returns to the pool, makes the driver
+open the transaction with ``BEGIN READ ONLY``: no extra round trip. (Another PostgreSQL
+driver: SQLAlchemy's ``postgresql_readonly`` execution option.) MariaDB:
 ``SET TRANSACTION READ ONLY`` before the (implicit) transaction's first statement.
 SQLite: ``PRAGMA query_only``, switched off again when the connection returns to the pool.
 """
@@ -19,6 +21,11 @@ from dbkeel.mixins.session import DbkeelSession
 __all__ = ["read_only_factory", "session_factory"]
 
 _QUERY_ONLY = "dbkeel_query_only"
+_READ_ONLY = "dbkeel_read_only"
+
+
+class _PGReadOnlySession(DbkeelSession):
+    """A session whose transactions asyncpg opens with BEGIN READ ONLY (PostgreSQL)."""
 
 
 class _MySQLReadOnlySession(DbkeelSession):
@@ -27,6 +34,24 @@ class _MySQLReadOnlySession(DbkeelSession):
 
 class _SQLiteReadOnlySession(DbkeelSession):
     """A session whose connection refuses writes (SQLite PRAGMA query_only)."""
+
+
+@event.listens_for(_PGReadOnlySession, "after_begin")
+def _pg_read_only(session: Session, transaction: SessionTransaction, connection: Any) -> None:
+    # asyncpg's adapter opens its transaction at the first statement, with its readonly
+    # flag: set here, before any statement, it becomes BEGIN READ ONLY, no extra round
+    # trip. (SQLAlchemy's postgresql_readonly execution option does the same through an
+    # option engine and connection characteristics, at several times the cost per session.)
+    adapted = connection.connection.dbapi_connection
+    if not adapted.readonly:
+        adapted.readonly = True
+        connection.connection.info[_READ_ONLY] = True
+
+
+def _pg_reset(dbapi_connection: Any, record: Any, *args: Any) -> None:
+    # A pooled connection must not stay read-only for the next, read-write user.
+    if record.info.pop(_READ_ONLY, False) and dbapi_connection is not None:
+        dbapi_connection.readonly = False
 
 
 @event.listens_for(_MySQLReadOnlySession, "after_begin")
@@ -72,7 +97,11 @@ def read_only_factory(
     """
     backend = engine.dialect.name
     base: type[Session] = DbkeelSession
-    if backend == "postgresql":
+    if backend == "postgresql" and engine.dialect.driver == "asyncpg":
+        if not event.contains(engine.sync_engine.pool, "checkin", _pg_reset):
+            event.listen(engine.sync_engine.pool, "checkin", _pg_reset)
+        base = _PGReadOnlySession
+    elif backend == "postgresql":
         engine = engine.execution_options(postgresql_readonly=True)
     elif backend in ("mysql", "mariadb"):
         base = _MySQLReadOnlySession
