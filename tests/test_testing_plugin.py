@@ -18,6 +18,9 @@ import aiosqlite  # noqa: F401
 import asyncmy  # noqa: F401
 import asyncpg  # noqa: F401
 import pytest
+import sqlalchemy.dialects.mysql.asyncmy
+import sqlalchemy.dialects.postgresql.asyncpg
+import sqlalchemy.dialects.sqlite.aiosqlite  # noqa: F401
 from sqlalchemy import text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -26,8 +29,10 @@ from sqlalchemy.pool import NullPool
 from dbkeel.testing.provision import _admin_engine, _drop, with_suffix
 from tests import conftest
 
-# The drivers are imported above, before any test: pytester removes the modules a test
-# imported when it ends, and a C extension imported a second time (asyncpg) crashes.
+# The drivers and SQLAlchemy's dialects for them are imported above, before any test:
+# pytester removes the modules a test imported when it ends, and a C extension imported a
+# second time (asyncpg) crashes, while a dialect module imported anew gives later tests
+# classes that are not the ones their engines were built with.
 SAMPLE = Path(__file__).parent / "plugin_sample"
 # the sample suite: 17 tests, one of which fails on purpose
 PASSED, FAILED = 16, 1
