@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.pool import NullPool, Pool, QueuePool, SingletonThreadPool, StaticPool
 
 import dbkeel.engine
 from dbkeel import ConfigurationError, DatabaseManager, PoolExhaustedError, PoolMonitor
@@ -123,6 +124,28 @@ def test_setup_listeners_takes_a_sync_engine_and_is_idempotent() -> None:
         assert monitor.counters.checkouts == 1
         assert monitor.counters.checkout_wait.count == 1
     finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("pool_class", [QueuePool, NullPool, StaticPool, SingletonThreadPool])
+def test_each_checkout_counted_once_and_held_until_checkin(pool_class: type[Pool]) -> None:
+    """A QueuePool or NullPool is monitored from the checkout timer, the other pools
+    (which can hand out a connection already checked out) from a checkout listener:
+    the same counts and the same held set either way."""
+    engine = create_sync_engine("sqlite://", poolclass=pool_class)
+    try:
+        monitor = PoolMonitor.setup_listeners(engine, leak_threshold=0.001)
+        for n in range(1, 4):
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+                time.sleep(0.005)
+                assert monitor.check_leaks() == 1  # held, past the threshold
+            assert monitor.counters.checkouts == n
+            assert monitor.counters.checkout_wait.count == n
+            assert monitor.check_leaks() == 0  # returned
+        assert monitor.counters.leaks == 3
+    finally:
+        PoolMonitor.remove_listeners(engine)
         engine.dispose()
 
 

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy.exc
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import NullPool, QueuePool
 
 from dbkeel._masking import node_address
 from dbkeel.exceptions import ConfigurationError
@@ -186,7 +187,6 @@ class PoolMonitor:
             (engine, "do_connect", self._on_do_connect),
             (engine, "engine_disposed", self._on_engine_disposed),
             (engine.pool, "connect", self._on_connect),
-            (engine.pool, "checkout", self._on_checkout),
             (engine.pool, "checkin", self._on_checkin),
             (engine.pool, "invalidate", self._on_invalidate),
             (engine.pool, "soft_invalidate", self._on_soft_invalidate),
@@ -194,6 +194,10 @@ class PoolMonitor:
         ):
             event.listen(target, name, fn)
             self._listeners.append((target, name, fn))
+        if not _wraps_every_checkout(engine.pool):
+            # (on a QueuePool or NullPool, the checkout timer does this work: see there)
+            event.listen(engine.pool, "checkout", self._on_checkout)
+            self._listeners.append((engine.pool, "checkout", self._on_checkout))
         self._time_checkouts(engine.pool)
 
     def _time_checkouts(self, pool: Pool) -> None:
@@ -204,6 +208,11 @@ class PoolMonitor:
         if "connect" in pool.__dict__:
             return
         original = pool.connect
+        # On a QueuePool or NullPool each connect() is exactly one new checkout, so its
+        # bookkeeping runs here rather than in a checkout listener, whose dispatch by
+        # SQLAlchemy cost more than the bookkeeping itself. Other pools (SingletonThread,
+        # Static) can hand out a connection already checked out: a listener sees those.
+        checked_out = self._checked_out if _wraps_every_checkout(pool) else None
         counters = self.counters
         wait = counters.checkout_wait
         counts, bounds = wait.counts, wait.bounds
@@ -223,6 +232,8 @@ class PoolMonitor:
             finally:
                 monitor.waiting -= 1
             elapsed = perf_counter() - start
+            if checked_out is not None:
+                checked_out(connection._connection_record)
             # Histogram.observe() inlined: this runs on every checkout.
             counts[bisect_left(bounds, elapsed)] += 1
             wait.sum += elapsed
@@ -260,6 +271,9 @@ class PoolMonitor:
         record: ConnectionPoolEntry,
         proxy: PoolProxiedConnection,
     ) -> None:
+        self._checked_out(record)
+
+    def _checked_out(self, record: ConnectionPoolEntry) -> None:
         now = monotonic()
         info = record.info
         options = self.options
@@ -437,3 +451,8 @@ def _sync(engine: AsyncEngine | Engine) -> Engine:
         # belong on the sync engine it wraps.
         return engine.sync_engine
     return engine
+
+
+def _wraps_every_checkout(pool: Pool) -> bool:
+    """Whether each ``pool.connect()`` is exactly one checkout (see _time_checkouts)."""
+    return isinstance(pool, (QueuePool, NullPool))
