@@ -42,6 +42,7 @@ __all__ = [
     "dbkeel_url",
     "pytest_addoption",
     "pytest_configure",
+    "pytest_runtest_teardown",
 ]
 
 _MARKER = (
@@ -78,6 +79,25 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", _MARKER)
     config.pluginmanager.register(_async_fixtures(_loop_scope(config)), "dbkeel-fixtures")
+
+
+_NEXT_ITEM = pytest.StashKey["pytest.Item | None"]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    # Before the fixtures are torn down: dbkeel_db's teardown looks at the next test.
+    item.stash[_NEXT_ITEM] = nextitem
+
+
+def _next_test_is_sandboxed(request: pytest.FixtureRequest) -> bool:
+    """Whether the test after this one runs in a sandbox too: only then may this test's
+    rollback wait for its first statement (dbkeel.testing.wire)."""
+    nextitem = request.node.stash.get(_NEXT_ITEM, None)
+    if nextitem is None or "dbkeel_db" not in getattr(nextitem, "fixturenames", ()):
+        return False
+    marker = nextitem.get_closest_marker("dbkeel")
+    return marker is None or bool(marker.kwargs.get("transaction", True))
 
 
 def _loop_scope(config: pytest.Config) -> str:
@@ -238,6 +258,10 @@ def _async_fixtures(scope: str) -> types.ModuleType:
             _dbkeel_base, transaction=transaction, app_manager=dbkeel_app_manager
         ) as manager:
             yield manager
+        if not _next_test_is_sandboxed(request):
+            # the next test may reach the database without the sandbox: nothing of this
+            # one may hold a lock meanwhile
+            await dbkeel_database.settle(_dbkeel_base)
 
     @pytest_asyncio.fixture(loop_scope=scope)  # type: ignore[call-overload,untyped-decorator]
     async def dbkeel_session(dbkeel_db: DatabaseManager) -> AsyncIterator[AsyncSession]:

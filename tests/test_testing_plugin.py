@@ -103,11 +103,18 @@ def test_isolation_fails_when_the_rollback_is_removed(
     # The mutation check: a sandbox that commits instead of rolling back must make the
     # sample's isolation tests fail, or they prove nothing.
     (sample / "conftest.py").write_text(
-        "from dbkeel.testing.sandbox import Sandbox\n\n"
+        "from dbkeel.testing.sandbox import _INFO_KEY, Sandbox\n\n"
         "async def _commit(self):\n"
+        "    if self._closed:\n"
+        "        return\n"
+        "    self._closed = True\n"
+        "    while self._restore:\n"
+        "        self._restore.pop()()\n"
         "    await self._transaction.commit()\n"
-        "    await self._connection.close()\n\n"
-        "Sandbox._rollback = _commit\n"
+        "    self._connection.sync_connection.info.pop(_INFO_KEY, None)\n"
+        "    if not self._keep_connection:\n"
+        "        await self._connection.close()\n\n"
+        "Sandbox.close = _commit\n"
     )
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     outcomes = result.parseoutcomes()
@@ -140,6 +147,55 @@ def test_session_event_loops_and_strict_mode(
     )
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=PASSED, failed=FAILED)
+
+
+_OWN_ENGINE_TESTS = """
+import pytest
+from app import service
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+pytestmark = pytest.mark.asyncio
+
+
+async def test_a_sandboxed_signup(dbkeel_db):
+    await service.signup("own@example.com")
+
+
+async def test_an_engine_of_its_own_does_not_wait_for_it(dbkeel_database):
+    engine = create_async_engine(dbkeel_database.settings.url)
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("SET lock_timeout = '2s'"))
+            await conn.execute(text("INSERT INTO plg_user (email) VALUES ('own@example.com')"))
+            await conn.rollback()
+    finally:
+        await engine.dispose()
+
+
+async def test_sandboxed_again(dbkeel_db):
+    assert await service.count_users() == 0
+    await service.signup("own@example.com")
+"""
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_a_test_without_the_sandbox_does_not_wait_on_the_previous_one(
+    sample: Path, pytester: pytest.Pytester
+) -> None:
+    # A sandboxed test's rollback may wait for the next test's first statement on its
+    # connection (one round trip saved per test), but only if that next test is
+    # sandboxed too: here its unique row would block the next test's own INSERT.
+    _set_ini(
+        sample,
+        'asyncio_default_fixture_loop_scope = "function"\n'
+        'asyncio_default_test_loop_scope = "function"',
+        'asyncio_default_fixture_loop_scope = "session"\n'
+        'asyncio_default_test_loop_scope = "session"',
+    )
+    (sample / "tests" / "test_own_engine.py").write_text(_OWN_ENGINE_TESTS)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "tests/test_own_engine.py")
+    result.assert_outcomes(passed=3)
 
 
 def test_a_database_it_did_not_create_is_refused(

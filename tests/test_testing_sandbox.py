@@ -14,11 +14,11 @@ from typing import Any
 
 import asyncpg
 import pytest
-from sqlalchemy import String, event, select
+from sqlalchemy import String, event, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from dbkeel import DatabaseManager
+from dbkeel import DatabaseManager, ReadOnlyTransactionError
 from dbkeel.testing import TestDatabase
 from tests.conftest import make_settings
 
@@ -78,27 +78,75 @@ async def _one_test(database: TestDatabase, base: DatabaseManager, label: str) -
     return texts
 
 
-async def test_savepoints_repeat_their_names_from_test_to_test(
-    provisioned: tuple[TestDatabase, DatabaseManager],
-) -> None:
-    database, base = provisioned
+class Wire:
+    """Every request this process sends to PostgreSQL through asyncpg, in order: a
+    simple query (``Connection.execute``: transaction control and the sandbox's
+    held-back statements) or a prepared statement run (``PreparedStatement.fetch``: the
+    adapter's path for every SQLAlchemy statement). Each is one round trip."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.requests: list[str] = []
+        real_execute = asyncpg.Connection.execute
+        real_fetch = asyncpg.prepared_stmt.PreparedStatement.fetch
+
+        async def execute(conn: asyncpg.Connection, query: str, *args: Any, **kw: Any) -> Any:
+            self.requests.append(query)
+            return await real_execute(conn, query, *args, **kw)
+
+        async def fetch(stmt: Any, *args: Any, **kw: Any) -> Any:
+            self.requests.append(stmt.get_query())
+            return await real_fetch(stmt, *args, **kw)
+
+        monkeypatch.setattr(asyncpg.Connection, "execute", execute)
+        monkeypatch.setattr(asyncpg.prepared_stmt.PreparedStatement, "fetch", fetch)
+
+    def statements(self) -> list[str]:
+        """The statements sent, one per element (a held-back group split up)."""
+        return [part.strip() for r in self.requests for part in r.split(";") if part.strip()]
+
+
+def _savepoint_statements(backend: str, engine: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A function returning (and forgetting) the savepoint statements sent so far: read
+    on the wire under asyncpg, which sends some of them held back in a simple query;
+    from SQLAlchemy's cursor events elsewhere."""
+    if backend == "postgresql":
+        wire = Wire(monkeypatch)
+
+        def taken() -> list[str]:
+            sent = [s for s in wire.statements() if "SAVEPOINT" in s.upper()]
+            wire.requests.clear()
+            return sent
+
+        return taken
     sent: list[str] = []
 
     def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         if "SAVEPOINT" in statement.upper():
             sent.append(statement.strip())
 
-    event.listen(base.engine.sync_engine, "before_cursor_execute", record)
-    try:
-        per_test: list[list[str]] = []
-        for label in ("first", "second", "third"):
-            sent.clear()
-            texts = await _one_test(database, base, label)
-            # the application's commits and rollbacks kept their meaning
-            assert texts == sorted(f"{label} {k}" for k in ("outer", "kept", "again"))
-            per_test.append(list(sent))
-    finally:
-        event.remove(base.engine.sync_engine, "before_cursor_execute", record)
+    event.listen(engine, "before_cursor_execute", record)
+
+    def taken_cursor() -> list[str]:
+        out = list(sent)
+        sent.clear()
+        return out
+
+    return taken_cursor
+
+
+async def test_savepoints_repeat_their_names_from_test_to_test(
+    backend: str,
+    provisioned: tuple[TestDatabase, DatabaseManager],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    database, base = provisioned
+    taken = _savepoint_statements(backend, base.engine.sync_engine, monkeypatch)
+    per_test: list[list[str]] = []
+    for label in ("first", "second", "third"):
+        texts = await _one_test(database, base, label)
+        # the application's commits and rollbacks kept their meaning
+        assert texts == sorted(f"{label} {k}" for k in ("outer", "kept", "again"))
+        per_test.append(taken())
 
     names = {s.split()[-1] for s in per_test[0]}
     assert names == {"dbkeel_sp_1", "dbkeel_sp_2"}, per_test[0]
@@ -106,8 +154,68 @@ async def test_savepoints_repeat_their_names_from_test_to_test(
     assert per_test[1] == per_test[0] and per_test[2] == per_test[0]
     assert per_test[0][:3] == ["SAVEPOINT dbkeel_sp_1", "SAVEPOINT dbkeel_sp_2",
                                "RELEASE SAVEPOINT dbkeel_sp_2"]  # fmt: skip
+    await database.settle(base)  # the last test's rollback, held back on asyncpg
     async with base.get_session() as session:  # every test rolled back
         assert list(await session.scalars(select(SandboxNote.text))) == []
+
+
+async def _insert_and_read(db: DatabaseManager) -> None:
+    """The benchmark's simulated test: a write committed, then a read-only read."""
+    async with db.get_session() as session:
+        session.add_all(SandboxNote(text=f"row {i}") for i in range(3))
+    async with db.get_session(read_only=True) as session:
+        assert len(list(await session.scalars(select(SandboxNote.id)))) >= 3
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+async def test_a_sandboxed_test_costs_no_round_trip_over_its_work_alone(
+    provisioned: tuple[TestDatabase, DatabaseManager], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 15's goal (sandbox >= 20x cheaper than TRUNCATE) leaves no room for a round
+    # trip of its own: the SAVEPOINT replaces the work's BEGIN, SET TRANSACTION READ ONLY
+    # rides with its SAVEPOINT, and the test's rollback with the next test's first one.
+    database, base = provisioned
+    for _ in range(2):  # warm-up: statements prepared, the kept connection begun
+        await _insert_and_read(base)
+        async with database.isolated(base) as db:
+            await _insert_and_read(db)
+    wire = Wire(monkeypatch)
+    async with database.isolated(base) as db:
+        await _insert_and_read(db)
+    sandboxed = list(wire.requests)
+    await database.settle(base)
+    wire.requests.clear()
+    await _insert_and_read(base)
+    alone = list(wire.requests)
+
+    assert len(sandboxed) <= len(alone), (alone, sandboxed)
+    control = [r for r in sandboxed if not r.startswith(("INSERT", "SELECT"))]
+    assert control == [
+        "ROLLBACK; BEGIN; SAVEPOINT dbkeel_sp_1",
+        "RELEASE SAVEPOINT dbkeel_sp_1",
+        "SAVEPOINT dbkeel_sp_1; SET TRANSACTION READ ONLY",
+        "ROLLBACK TO SAVEPOINT dbkeel_sp_1",
+    ]
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+async def test_a_session_that_sends_nothing_costs_nothing(
+    provisioned: tuple[TestDatabase, DatabaseManager], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    database, base = provisioned
+    async with database.isolated(base) as db:
+        await _insert_and_read(db)
+    wire = Wire(monkeypatch)
+    async with database.isolated(base) as db:
+        async with db.get_session() as session:
+            await session.connection()  # a SAVEPOINT that nothing needs
+        async with db.get_session() as session:
+            session.add(SandboxNote(text="kept"))
+    assert [s for s in wire.statements() if "SAVEPOINT" in s or "ROLLBACK" in s] == [
+        "ROLLBACK",
+        "SAVEPOINT dbkeel_sp_1",
+        "RELEASE SAVEPOINT dbkeel_sp_1",
+    ]
 
 
 @pytest.mark.parametrize("backend", ["postgresql"])
@@ -130,3 +238,155 @@ async def test_no_statement_is_prepared_again_after_the_first_test(
     for label in ("second", "third", "fourth"):
         await _one_test(database, base, label)
     assert prepared == []
+
+
+# -- the rollback held back on asyncpg: what must not change for the tests ---------------
+
+
+async def _pg_admin(base: DatabaseManager) -> asyncpg.Connection:
+    """A connection to the test database that is not the base engine's (a tool of the
+    test's own, or another process)."""
+    url = base.engine.url
+    return await asyncpg.connect(
+        host=url.host, port=url.port, user=url.username, password=url.password,
+        database=url.database,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+@pytest.mark.parametrize("next_test", ["transaction=False", "TRUNCATE through the base engine"])
+async def test_the_next_writer_does_not_wait_on_the_previous_test(
+    provisioned: tuple[TestDatabase, DatabaseManager], next_test: str
+) -> None:
+    # The previous test's row (and its lock) lives on in the kept connection's open
+    # transaction; whatever the next test writes through another connection of the
+    # engine must not wait for it. A 2 s lock timeout turns a wait into a failure.
+    database, base = provisioned
+    async with database.isolated(base) as db:
+        async with db.get_session() as session:
+            session.add(SandboxNote(id=1, text="previous test"))
+    if next_test == "transaction=False":
+        async with database.isolated(base, transaction=False) as db:
+            async with db.get_session() as session:
+                await session.execute(text("SET LOCAL lock_timeout = '2s'"))
+                session.add(SandboxNote(id=1, text="committed for real"))
+    else:
+        async with base.engine.begin() as conn:
+            await conn.execute(text("SET LOCAL lock_timeout = '2s'"))
+            await conn.execute(text(f"TRUNCATE {SandboxNote.__tablename__}"))
+    async with database.isolated(base) as db:  # and the sandbox goes on after it
+        async with db.get_session() as session:
+            assert list(await session.scalars(select(SandboxNote.text))) == []
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+async def test_each_test_begins_with_the_configured_isolation_level(
+    db_url: str,
+) -> None:
+    name = f"dbkeel_sbxiso_{os.getpid()}_test"
+    target = make_url(db_url).set(database=name).render_as_string(hide_password=False)
+    settings = make_settings(target, isolation_level="REPEATABLE READ")
+    database = await asyncio.to_thread(
+        TestDatabase.provision, url=target, metadata=Base.metadata, settings=settings
+    )
+    base = await database.manager()
+    try:
+        seen = []
+        for _ in range(3):  # the first test's BEGIN is the adapter's, then the held ones
+            async with database.isolated(base) as db:
+                async with db.get_session() as session:
+                    seen.append(await session.scalar(text("SHOW transaction_isolation")))
+                    session.add(SandboxNote(text="x"))
+        assert seen == ["repeatable read"] * 3
+    finally:
+        await database.release(base)
+        await base.close()
+        await asyncio.to_thread(database.drop)
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+async def test_a_connection_closed_between_tests_is_replaced(
+    provisioned: tuple[TestDatabase, DatabaseManager],
+) -> None:
+    # e.g. idle_in_transaction_session_timeout, or a server restart between two tests
+    database, base = provisioned
+    async with database.isolated(base) as db:
+        async with db.get_session() as session:
+            pid = await session.scalar(text("SELECT pg_backend_pid()"))
+            session.add(SandboxNote(text="before the kill"))
+    admin = await _pg_admin(base)
+    try:
+        assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+    finally:
+        await admin.close()
+    for _ in range(50):  # the driver sees the close once the loop reads the socket
+        await asyncio.sleep(0.01)
+        conn = database._kept[base]
+        if conn.sync_connection.connection.driver_connection.is_closed():  # type: ignore[union-attr]
+            break
+    async with database.isolated(base) as db:
+        async with db.get_session() as session:
+            assert await session.scalar(text("SELECT pg_backend_pid()")) != pid
+            assert list(await session.scalars(select(SandboxNote.text))) == []
+
+
+async def test_a_session_left_open_does_not_reach_the_next_test(
+    provisioned: tuple[TestDatabase, DatabaseManager],
+) -> None:
+    database, base = provisioned
+    async with database.isolated(base) as db:
+        leaked = db.session_factory()  # never closed by the test
+        leaked.add(SandboxNote(text="left open"))
+        await leaked.flush()
+    for label in ("next", "after"):
+        async with database.isolated(base) as db:
+            async with db.get_session() as session:
+                assert list(await session.scalars(select(SandboxNote.text))) == []
+                session.add(SandboxNote(text=label))
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+async def test_a_read_only_first_session_is_read_only_on_the_server(
+    provisioned: tuple[TestDatabase, DatabaseManager],
+) -> None:
+    # its SET TRANSACTION READ ONLY rides with the previous test's held rollback
+    database, base = provisioned
+    for _ in range(2):
+        async with database.isolated(base) as db:
+            with pytest.raises(ReadOnlyTransactionError):
+                async with db.get_session(read_only=True) as session:
+                    await session.execute(
+                        text(f"INSERT INTO {SandboxNote.__tablename__} (text) VALUES ('no')")
+                    )
+            async with db.get_session() as session:  # read-only did not outlive it
+                session.add(SandboxNote(text="writable"))
+            async with db.get_session(read_only=True) as session:
+                assert list(await session.scalars(select(SandboxNote.text))) == ["writable"]
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+async def test_a_task_cancelled_while_waiting_for_the_connection_is_skipped(
+    provisioned: tuple[TestDatabase, DatabaseManager],
+) -> None:
+    database, base = provisioned
+    async with database.isolated(base) as db:
+        holder = db.session_factory()
+        holder.add(SandboxNote(text="holder"))
+        await holder.flush()  # this task's session holds the connection
+
+        async def write(label: str) -> None:
+            async with db.get_session() as session:
+                session.add(SandboxNote(text=label))
+
+        cancelled = asyncio.create_task(write("cancelled"))
+        waiting = asyncio.create_task(write("waiting"))
+        await asyncio.sleep(0.05)  # both wait for the connection now
+        cancelled.cancel()
+        await asyncio.sleep(0.05)
+        await holder.commit()  # the connection goes to the task still waiting
+        await holder.close()
+        await asyncio.wait_for(waiting, 5)
+        assert cancelled.cancelled()
+        async with db.get_session(read_only=True) as session:
+            texts = sorted(await session.scalars(select(SandboxNote.text)))
+        assert texts == ["holder", "waiting"]

@@ -133,12 +133,34 @@ class TestDatabase:
 
     async def _connection(self, base: DatabaseManager) -> AsyncConnection:
         """*base*'s connection for sandboxes, kept from test to test (no pool checkout,
-        no pre-ping, factories built once); replaced if a test broke it."""
+        no pre-ping, factories built once); replaced if a test broke it or the server
+        closed it between tests."""
         conn = self._kept.get(base)
-        if conn is None or conn.closed or conn.invalidated:
+        if conn is not None and _broken(conn):
+            # discarded, not returned: there is nothing to roll back on a dead connection
+            await asyncio.shield(conn.invalidate())
+            await asyncio.shield(conn.close())
+            conn = None
+        if conn is None:
             conn = await base.engine.connect()
             self._kept[base] = conn
         return conn
+
+    async def settle(self, base: DatabaseManager) -> None:
+        """Roll back the transaction of the connection kept for *base* now.
+
+        On asyncpg a sandboxed test's rollback is held back until the next statement on
+        its connection (see :mod:`dbkeel.testing.wire`); until then the test's row
+        locks are held. Call this before work that reaches the database some other way
+        (the pytest plugin does when the next test is not sandboxed)::
+
+            async with database.isolated(base) as db:
+                await create_user(db, "ada")
+            await database.settle(base)   # no lock of that test is held any more
+        """
+        conn = self._kept.get(base)
+        if conn is not None and not _broken(conn) and conn.in_transaction():
+            await asyncio.shield(conn.rollback())
 
     async def release(self, base: DatabaseManager) -> None:
         """Return the connection kept for *base* (before ``base.close()``)."""
@@ -177,6 +199,8 @@ class TestDatabase:
             return
         from dbkeel.testing.cleanup import TouchedTables
 
+        # this test writes through connections of its own: no earlier test's locks
+        await self.settle(base)
         touched = TouchedTables(base.engine)
         lent = [manager, *([app_manager] if app_manager is not None else [])]
         read_only = base._serving.read_only_factory
@@ -188,3 +212,15 @@ class TestDatabase:
             for undo in reversed(restore):
                 undo()
             await asyncio.shield(asyncio.ensure_future(touched.empty()))
+
+
+def _broken(conn: AsyncConnection) -> bool:
+    """Whether *conn* can no longer be used: closed or invalidated by SQLAlchemy, or
+    closed under it (a server restart or ``pg_terminate_backend`` between tests is
+    seen by the driver when the event loop runs, before any statement is sent)."""
+    if conn.closed or conn.invalidated:
+        return True
+    sync = conn.sync_connection
+    driver = sync.connection.driver_connection if sync is not None else None
+    is_closed = getattr(driver, "is_closed", None)  # asyncpg's; others tell at use
+    return bool(is_closed()) if callable(is_closed) else False

@@ -26,6 +26,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +40,7 @@ from sqlalchemy.util import await_only
 from dbkeel import _sql
 from dbkeel.exceptions import ReadOnlyTransactionError, SandboxError
 from dbkeel.manager import DatabaseManager
+from dbkeel.testing import wire
 
 __all__ = ["Sandbox"]
 
@@ -70,8 +72,10 @@ class Sandbox:
         self._transaction = transaction
         self._lock_timeout = lock_timeout
         self._keep_connection = keep_connection
-        self._lock = asyncio.Lock()
+        # the connection's holder, and the tasks waiting for it in arrival order
         self._owner: asyncio.Task[Any] | None = None
+        self._waiters: deque[tuple[asyncio.Task[Any], asyncio.Future[None]]] = deque()
+        self._hand_over_due = False
         self._depth = 0
         self._read_only_at = 0  # savepoint depth of the read-only session, 0: none
         self._restore: list[Callable[[], None]] = []
@@ -80,6 +84,8 @@ class Sandbox:
         sync = connection.sync_connection
         assert sync is not None
         self._dialect = sync.dialect.name
+        # asyncpg: statements held back until the next one that needs them (wire.py)
+        self._held = wire.held(sync)
         self.session_factory, self.read_only_factory = _factories(base, connection)
         sync.info[_INFO_KEY] = self
 
@@ -94,15 +100,21 @@ class Sandbox:
         """Begin the test's transaction on a connection of *base*.
 
         *connection*: one the caller keeps from test to test (it is rolled back, not
-        closed, by :meth:`close`); default: one checked out now and returned at close.
-        *lock_timeout*: how long a task waits for the connection while another task's
-        session holds it, before :class:`SandboxError`.
+        closed, by :meth:`close`; on asyncpg the rollback goes out with the next
+        statement on it, see :mod:`.wire`); default: one checked out now and returned
+        at close. *lock_timeout*: how long a task waits for the connection while
+        another task's session holds it, before :class:`SandboxError`.
         """
         _install_hooks(base.engine.sync_engine)
         keep = connection is not None
         conn = connection if connection is not None else await base.engine.connect()
         try:
-            transaction = await conn.begin()
+            if keep and conn.in_transaction() and not conn.in_nested_transaction():
+                # the previous test's, its rollback held back: this test continues it
+                transaction = conn.get_transaction()
+                assert transaction is not None
+            else:
+                transaction = await conn.begin()
             return cls(base, conn, transaction, lock_timeout=lock_timeout, keep_connection=keep)
         except BaseException:
             if not keep:
@@ -139,6 +151,12 @@ class Sandbox:
         self._closed = True
         while self._restore:
             self._restore.pop()()
+        sync = self._connection.sync_connection
+        if sync is not None and self._held is not None and self._hold_rollback():
+            # nothing sent now, so nothing to shield: the next statement sends it
+            wire.hold_rollback(sync, self._held)
+            sync.info.pop(_INFO_KEY, None)
+            return
         await asyncio.shield(asyncio.ensure_future(self._rollback()))
 
     async def _rollback(self) -> None:
@@ -152,6 +170,20 @@ class Sandbox:
             if not self._keep_connection:
                 await self._connection.close()
 
+    def _hold_rollback(self) -> bool:
+        """Whether the rollback can wait for the next statement on the connection: a
+        kept asyncpg connection whose sessions all ended cleanly (anything else, a
+        session left open or a broken connection, is rolled back now)."""
+        conn = self._connection
+        return (
+            self._keep_connection
+            and self._depth == 0
+            and not self._savepoints
+            and self._transaction.is_active
+            and not conn.invalidated
+            and not conn.in_nested_transaction()
+        )
+
     # -- one session at a time on the shared connection ----------------------------------
 
     def _on_savepoint(self, conn: Connection, name: str) -> None:
@@ -159,14 +191,25 @@ class Sandbox:
         if task is None or self._owner is task:
             self._depth += 1
             return
-        await_only(self._acquire(task))
-        self._owner, self._depth = task, 1
+        if self._owner is None and not self._waiters:
+            self._owner = task  # free: taken without a timer or a trip through the loop
+        else:
+            await_only(self._wait_for_connection(task))
+        self._depth = 1
 
-    async def _acquire(self, task: asyncio.Task[Any]) -> None:
+    async def _wait_for_connection(self, task: asyncio.Task[Any]) -> None:
+        """Wait until the session holding the connection ends; it hands the connection
+        over (first come, first served) by making this task the owner."""
+        handed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (task, handed)
+        self._waiters.append(entry)
         try:
             async with asyncio.timeout(self._lock_timeout):
-                await self._lock.acquire()
+                await handed
         except TimeoutError:
+            if self._owner is task:
+                return  # handed over just as the time ran out: it is ours
+            self._waiters.remove(entry)
             holder = self._owner.get_name() if self._owner is not None else "?"
             raise SandboxError(
                 f"Task {task.get_name()!r} waited {self._lock_timeout:g} s for the test's "
@@ -175,10 +218,25 @@ class Sandbox:
                 f"close a session before awaiting work that needs another one (or mark the "
                 f"test @pytest.mark.dbkeel(transaction=False))."
             ) from None
+        except BaseException:  # cancelled while waiting: pass the connection on if ours
+            if self._owner is task:
+                self._hand_over()
+            else:
+                self._waiters.remove(entry)
+            raise
 
-    def _on_savepoint_end(self, conn: Connection, name: str, context: Any) -> None:
+    def _hand_over(self) -> None:
+        self._owner = None
+        while self._waiters:
+            task, handed = self._waiters.popleft()
+            if not handed.done():
+                self._owner = task
+                handed.set_result(None)
+                return
+
+    def _on_savepoint_end(self, conn: Connection, name: str, *, sent: bool = True) -> None:
         # Not checked against the owner task: get_session() rolls back in a shielded
-        # helper task. While the lock is held, every SAVEPOINT on the connection is the
+        # helper task. While the connection is held, every SAVEPOINT on it is the
         # holder's (a waiting task has not emitted its own yet).
         if self._depth == 0:
             return
@@ -186,8 +244,18 @@ class Sandbox:
         if self._depth < self._read_only_at:
             self._read_only_at = 0
         if self._depth == 0:
-            self._owner = None
-            self._lock.release()
+            if sent:
+                # Handed over once the RELEASE / ROLLBACK TO has been sent (wire.py calls
+                # _savepoint_sent): the next task must not begin its savepoint while
+                # this one's end is in flight and SQLAlchemy still counts it as open.
+                self._hand_over_due = True
+            else:
+                self._hand_over()
+
+    def _savepoint_sent(self) -> None:
+        if self._hand_over_due:
+            self._hand_over_due = False
+            self._hand_over()
 
     # -- statements the sandbox refuses ----------------------------------------------------
 
@@ -229,63 +297,10 @@ def _install_hooks(engine: Engine) -> None:
     if event.contains(engine, "savepoint", _on_savepoint):
         return
     event.listen(engine, "savepoint", _on_savepoint)
-    event.listen(engine, "release_savepoint", _on_savepoint_end)
-    event.listen(engine, "rollback_savepoint", _on_savepoint_end)
+    event.listen(engine, "release_savepoint", _on_release)
+    event.listen(engine, "rollback_savepoint", _on_rollback_to)
     event.listen(engine, "before_cursor_execute", _guard)
-    _reuse_savepoint_names(engine)
-
-
-def _reuse_savepoint_names(engine: Engine) -> None:
-    """Send a sandbox's savepoints under names that depend only on their depth.
-
-    SQLAlchemy names savepoints ``sa_savepoint_<n>`` with *n* counting up for the life
-    of the connection, and the sandbox keeps its connection from test to test: every
-    SAVEPOINT, RELEASE and ROLLBACK TO would be a statement text never seen before,
-    which asyncpg prepares (one more round trip each, four per simple test, measured)
-    and which pushes the application's statements out of the prepared-statement and
-    compiled caches. ``dbkeel_sp_<depth>`` repeats from test to test; PostgreSQL,
-    MariaDB and SQLite all resolve a repeated name to its most recent savepoint, which
-    is the one SQLAlchemy means. Connections outside a sandbox keep SQLAlchemy's names.
-    """
-    dialect = engine.dialect
-    savepoint = dialect.do_savepoint
-    release = dialect.do_release_savepoint
-    rollback_to = dialect.do_rollback_to_savepoint
-
-    def do_savepoint(connection: Connection, name: str) -> None:
-        sandbox: Sandbox | None = connection.info.get(_INFO_KEY)
-        if sandbox is None:
-            return savepoint(connection, name)
-        sandbox._savepoints.append(name)
-        savepoint(connection, f"dbkeel_sp_{len(sandbox._savepoints)}")
-
-    def do_release_savepoint(connection: Connection, name: str) -> None:
-        sandbox: Sandbox | None = connection.info.get(_INFO_KEY)
-        if sandbox is None:
-            return release(connection, name)
-        release(connection, _sent_name(sandbox, name))
-
-    def do_rollback_to_savepoint(connection: Connection, name: str) -> None:
-        sandbox: Sandbox | None = connection.info.get(_INFO_KEY)
-        if sandbox is None:
-            return rollback_to(connection, name)
-        rollback_to(connection, _sent_name(sandbox, name))
-
-    # instance attributes: this engine's dialect only (the engine is the test database's)
-    dialect.do_savepoint = do_savepoint  # type: ignore[method-assign]
-    dialect.do_release_savepoint = do_release_savepoint  # type: ignore[method-assign]
-    dialect.do_rollback_to_savepoint = do_rollback_to_savepoint  # type: ignore[method-assign]
-
-
-def _sent_name(sandbox: Sandbox, name: str) -> str:
-    """The name savepoint *name* was sent under. It ends here (released or rolled back
-    to: SQLAlchemy never returns to it), and so do those opened after it (the server
-    releases them with it), so its depth is free for the next one."""
-    if name not in sandbox._savepoints:
-        return name
-    depth = sandbox._savepoints.index(name) + 1
-    del sandbox._savepoints[depth - 1 :]
-    return f"dbkeel_sp_{depth}"
+    wire.install(engine, _INFO_KEY)
 
 
 def _on_savepoint(conn: Connection, name: str) -> None:
@@ -294,14 +309,26 @@ def _on_savepoint(conn: Connection, name: str) -> None:
         sandbox._on_savepoint(conn, name)
 
 
-def _on_savepoint_end(conn: Connection, name: str, context: Any) -> None:
+def _on_release(conn: Connection, name: str, context: Any) -> None:
     sandbox = conn.info.get(_INFO_KEY)
     if sandbox is not None:
-        sandbox._on_savepoint_end(conn, name, context)
+        sandbox._on_savepoint_end(conn, name)
+
+
+def _on_rollback_to(conn: Connection, name: str, context: Any) -> None:
+    sandbox = conn.info.get(_INFO_KEY)
+    if sandbox is not None:
+        # SQLAlchemy sends no ROLLBACK TO on a connection that is gone
+        sent = conn._still_open_and_dbapi_connection_is_valid
+        sandbox._on_savepoint_end(conn, name, sent=sent)
 
 
 def _guard(conn: Connection, cursor: Any, statement: str, *args: Any) -> None:
-    sandbox = conn.info.get(_INFO_KEY)
+    info = conn.info
+    held = info.get(wire.HELD_KEY)
+    if held:  # what the statement needs sent first, in the same round trip's stead
+        wire.send_held(conn.connection, held)
+    sandbox = info.get(_INFO_KEY)
     if sandbox is not None:
         sandbox._guard(conn, cursor, statement, *args)
 
@@ -351,4 +378,7 @@ def _begin_read_only(session: Session, transaction: SessionTransaction, connecti
     sandbox._read_only_at = max(sandbox._depth, 1)
     if sandbox._dialect == "postgresql":
         # allowed in a subtransaction; ROLLBACK TO SAVEPOINT undoes it
-        connection.exec_driver_sql("SET TRANSACTION READ ONLY")
+        if sandbox._held is not None:  # asyncpg: sent with the SAVEPOINT it follows
+            sandbox._held.append("SET TRANSACTION READ ONLY")
+        else:
+            connection.exec_driver_sql("SET TRANSACTION READ ONLY")
