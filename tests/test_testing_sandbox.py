@@ -19,7 +19,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from dbkeel import DatabaseManager, ReadOnlyTransactionError
-from dbkeel.testing import TestDatabase
+from dbkeel.bulk import bulk_insert
+from dbkeel.testing import Sandbox, TestDatabase
 from tests.conftest import make_settings
 
 
@@ -199,23 +200,53 @@ async def test_a_sandboxed_test_costs_no_round_trip_over_its_work_alone(
 
 
 @pytest.mark.parametrize("backend", ["postgresql"])
-async def test_a_session_that_sends_nothing_costs_nothing(
+async def test_a_savepoint_on_the_bare_connection_that_nothing_needs_is_not_sent(
     provisioned: tuple[TestDatabase, DatabaseManager], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     database, base = provisioned
     async with database.isolated(base) as db:
         await _insert_and_read(db)
     wire = Wire(monkeypatch)
-    async with database.isolated(base) as db:
-        async with db.get_session() as session:
-            await session.connection()  # a SAVEPOINT that nothing needs
-        async with db.get_session() as session:
-            session.add(SandboxNote(text="kept"))
-    assert [s for s in wire.statements() if "SAVEPOINT" in s or "ROLLBACK" in s] == [
+    sandbox = await Sandbox.open(base, connection=await database._connection(base))
+    try:
+        unused = await sandbox.connection.begin_nested()
+        await unused.rollback()
+        used = await sandbox.connection.begin_nested()
+        assert await sandbox.connection.scalar(text("SELECT 1")) == 1
+        await used.commit()
+    finally:
+        await sandbox.close()
+    assert wire.statements() == [
         "ROLLBACK",
+        "BEGIN",
         "SAVEPOINT dbkeel_sp_1",
+        "SELECT 1",
         "RELEASE SAVEPOINT dbkeel_sp_1",
     ]
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+async def test_bulk_copy_runs_inside_the_session_savepoint(
+    provisioned: tuple[TestDatabase, DatabaseManager],
+) -> None:
+    # COPY goes through asyncpg's own connection, past SQLAlchemy: the session's
+    # SAVEPOINT (and the previous test's rollback) must be on the server before it.
+    database, base = provisioned
+    rows = [{"text": f"copied {i}"} for i in range(5)]
+    for _ in range(2):
+        async with database.isolated(base) as db:
+            with pytest.raises(RuntimeError):
+                async with db.get_session() as session:
+                    await bulk_insert(session, SandboxNote, rows, method="copy")
+                    raise RuntimeError("the application's error")
+            async with db.get_session() as session:
+                await bulk_insert(session, SandboxNote, rows[:2], method="copy")
+            async with db.get_session(read_only=True) as session:
+                texts = sorted(await session.scalars(select(SandboxNote.text)))
+            assert texts == ["copied 0", "copied 1"]
+    await database.settle(base)
+    async with base.get_session(read_only=True) as session:
+        assert list(await session.scalars(select(SandboxNote.text))) == []
 
 
 @pytest.mark.parametrize("backend", ["postgresql"])

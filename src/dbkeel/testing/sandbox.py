@@ -46,7 +46,7 @@ __all__ = ["Sandbox"]
 
 _INFO_KEY = "dbkeel.sandbox"
 _FACTORIES_KEY = "dbkeel.sandbox_factories"
-_read_only_classes: dict[type[Session], type[Session]] = {}
+_sandbox_classes: dict[type[Session], tuple[type[Session], type[Session]]] = {}
 
 
 class Sandbox:
@@ -345,21 +345,26 @@ def _factories(
         return cached[2], cached[3]
     factory = base.session_factory
     kw = {**factory.kw, "bind": connection, "join_transaction_mode": "create_savepoint"}
+    read_write_class, read_only_class = _session_classes(kw.get("sync_session_class") or Session)
+    kw["sync_session_class"] = read_write_class
     read_write: AsyncSessionMaker[AsyncSession] = AsyncSessionMaker(class_=factory.class_, **kw)
-    kw["sync_session_class"] = _read_only_class(kw.get("sync_session_class") or Session)
+    kw["sync_session_class"] = read_only_class
     read_only: AsyncSessionMaker[AsyncSession] = AsyncSessionMaker(class_=factory.class_, **kw)
     sync.info[_FACTORIES_KEY] = (connection, base, read_write, read_only)
     return read_write, read_only
 
 
-def _read_only_class(base: type[Session]) -> type[Session]:
-    """A subclass of *base* whose transactions are read-only and never released."""
-    cls = _read_only_classes.get(base)
-    if cls is None:
-        cls = type(f"ReadOnly{base.__name__}", (_ReadOnlySessionMixin, base), {})
-        event.listen(cls, "after_begin", _begin_read_only)
-        _read_only_classes[base] = cls
-    return cls
+def _session_classes(base: type[Session]) -> tuple[type[Session], type[Session]]:
+    """Subclasses of *base* for a sandbox's sessions: read-write, and read-only (whose
+    transactions are read-only and never released)."""
+    classes = _sandbox_classes.get(base)
+    if classes is None:
+        read_write = type(f"Sandboxed{base.__name__}", (base,), {})
+        event.listen(read_write, "after_begin", _begin)
+        read_only = type(f"ReadOnly{base.__name__}", (_ReadOnlySessionMixin, base), {})
+        event.listen(read_only, "after_begin", _begin_read_only)
+        classes = _sandbox_classes[base] = (read_write, read_only)
+    return classes
 
 
 class _ReadOnlySessionMixin:
@@ -371,14 +376,26 @@ class _ReadOnlySessionMixin:
         Session.rollback(self)  # type: ignore[arg-type]
 
 
-def _begin_read_only(session: Session, transaction: SessionTransaction, connection: Any) -> None:
+def _begin(session: Session, transaction: SessionTransaction, connection: Connection) -> None:
+    # A session's SAVEPOINT (and whatever was held back before it) goes out as the
+    # session begins, not with its first statement: the same one round trip, and the
+    # session's connection is then ready for the driver's own calls (bulk COPY).
+    held = connection.info.get(wire.HELD_KEY)
+    if held:
+        wire.send_held(connection.connection, held)
+
+
+def _begin_read_only(
+    session: Session, transaction: SessionTransaction, connection: Connection
+) -> None:
     sandbox = connection.info.get(_INFO_KEY)
     if sandbox is None:
         return
     sandbox._read_only_at = max(sandbox._depth, 1)
     if sandbox._dialect == "postgresql":
         # allowed in a subtransaction; ROLLBACK TO SAVEPOINT undoes it
-        if sandbox._held is not None:  # asyncpg: sent with the SAVEPOINT it follows
+        if sandbox._held is not None:  # asyncpg: in the same request as its SAVEPOINT
             sandbox._held.append("SET TRANSACTION READ ONLY")
+            wire.send_held(connection.connection, sandbox._held)
         else:
             connection.exec_driver_sql("SET TRANSACTION READ ONLY")
