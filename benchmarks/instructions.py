@@ -23,7 +23,9 @@ detection and per-request stats, then also static sqlcommenter tags, against ins
 off; issue 18's goal for both is <= 1.03), ``app`` (400 requests of bench_integrations'
 mix, one task, straight into the FastAPI notes app: dbkeel ``install()`` vs the same app
 with hand-made dependencies; the server's side of issue 16's load benchmark, without
-uvicorn and the HTTP client).
+uvicorn and the HTTP client), ``testing`` (200 of bench_testing's simulated tests: no
+isolation vs dbkeel.testing's sandbox, whose round trips equal the work's alone, so
+this is the client's share of issue 15's per-test isolation cost).
 Needs valgrind.
 """
 
@@ -49,6 +51,7 @@ CASES: dict[str, tuple[str, str]] = {
     "insight": ("insight off", "N+1 detection + stats"),
     "insight_tags": ("insight off", "N+1 detection + stats + static comment tags"),
     "app": ("notes app with hand-made dependencies", "notes app with dbkeel install()"),
+    "testing": ("no isolation", "dbkeel sandbox"),
 }
 
 
@@ -323,6 +326,37 @@ async def _app(side: int) -> None:
         await _count(work)()
 
 
+async def _testing(side: int) -> None:
+    from sqlalchemy.engine import make_url
+
+    from benchmarks.bench_testing import Base, one_test
+    from dbkeel import DatabaseSettings
+    from dbkeel.testing import TestDatabase
+
+    target = make_url(_harness.PG_URL).set(database="dkbench_instr_testing_test")
+    url = target.render_as_string(hide_password=False)
+    settings = DatabaseSettings(database_url=url, nplusone="off")
+    database = await asyncio.to_thread(
+        TestDatabase.provision, url=url, metadata=Base.metadata, settings=settings
+    )
+    base = await database.manager()
+
+    async def work() -> None:
+        for _ in range(200):
+            if side == 0:
+                await one_test(base)
+            else:
+                async with database.isolated(base) as db:
+                    await one_test(db)
+
+    try:
+        await _count(work)()
+    finally:
+        await database.release(base)
+        await base.close()
+        await asyncio.to_thread(database.drop)
+
+
 RUNNERS = {
     "request_path": _request_path,
     "statement_hooks": _statement_hooks,
@@ -332,6 +366,7 @@ RUNNERS = {
     "insight": lambda side: _insight(side, nplusone="log"),
     "insight_tags": lambda side: _insight(side, nplusone="log", query_comment=True),
     "app": _app,
+    "testing": _testing,
 }
 
 
