@@ -16,6 +16,7 @@ import asyncpg
 import pytest
 from sqlalchemy import String, event, select, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import PendingRollbackError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from dbkeel import DatabaseManager, ReadOnlyTransactionError
@@ -421,3 +422,50 @@ async def test_a_task_cancelled_while_waiting_for_the_connection_is_skipped(
         async with db.get_session(read_only=True) as session:
             texts = sorted(await session.scalars(select(SandboxNote.text)))
         assert texts == ["holder", "waiting"]
+
+
+_SLOW = {
+    "postgresql": "SELECT pg_sleep(5)",
+    "mariadb": "SELECT SLEEP(5)",
+    # about a second of work in the aiosqlite thread, which cancellation does not stop
+    "sqlite": "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c "
+    "WHERE x < 3000000) SELECT count(*) FROM c",
+}
+
+
+async def test_a_task_cancelled_mid_statement_leaves_the_sandbox_usable(
+    backend: str,
+    provisioned: tuple[TestDatabase, DatabaseManager],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A request the client abandoned, a timeout: production rolls the cancelled work
+    # back and goes on; so does the test, on the drivers that can resume a connection.
+    database, base = provisioned
+    for _ in range(2):  # the second test starts on the connection the first one used
+        async with database.isolated(base) as db:
+
+            async def slow() -> None:
+                async with db.get_session() as session:
+                    session.add(SandboxNote(text="cancelled"))
+                    await session.flush()
+                    await session.execute(text(_SLOW[backend]))
+
+            task = asyncio.create_task(slow())
+            await asyncio.sleep(0.3)  # inside the slow statement now
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            if backend == "mariadb":
+                # asyncmy cannot resume the connection: the test is told why it failed
+                assert "cannot resume a connection" in caplog.text
+                with pytest.raises(PendingRollbackError):
+                    async with db.get_session() as session:
+                        await session.execute(select(SandboxNote.text))
+                continue
+            async with db.get_session() as session:
+                session.add(SandboxNote(text="after"))
+            async with db.get_session(read_only=True) as session:
+                assert list(await session.scalars(select(SandboxNote.text))) == ["after"]
+    async with database.isolated(base) as db:  # and nothing of it outlived the tests
+        async with db.get_session(read_only=True) as session:
+            assert list(await session.scalars(select(SandboxNote.text))) == []

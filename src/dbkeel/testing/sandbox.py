@@ -26,12 +26,13 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, AsyncTransaction
 from sqlalchemy.ext.asyncio import async_sessionmaker as AsyncSessionMaker
 from sqlalchemy.orm import Session, SessionTransaction
@@ -43,6 +44,8 @@ from dbkeel.manager import DatabaseManager
 from dbkeel.testing import wire
 
 __all__ = ["Sandbox"]
+
+logger = logging.getLogger(__name__)
 
 _INFO_KEY = "dbkeel.sandbox"
 _FACTORIES_KEY = "dbkeel.sandbox_factories"
@@ -87,7 +90,10 @@ class Sandbox:
         # asyncpg: statements held back until the next one that needs them (wire.py)
         self._held = wire.held(sync)
         self.session_factory, self.read_only_factory = _factories(base, connection)
-        sync.info[_INFO_KEY] = self
+        # the connection's info, kept: once a connection is invalidated, reading its
+        # .info would try to reconnect
+        self._info = sync.info
+        self._info[_INFO_KEY] = self
 
     @classmethod
     async def open(
@@ -155,7 +161,7 @@ class Sandbox:
         if sync is not None and self._held is not None and self._hold_rollback():
             # nothing sent now, so nothing to shield: the next statement sends it
             wire.hold_rollback(sync, self._held)
-            sync.info.pop(_INFO_KEY, None)
+            self._info.pop(_INFO_KEY, None)
             return
         await asyncio.shield(asyncio.ensure_future(self._rollback()))
 
@@ -164,9 +170,7 @@ class Sandbox:
             if self._transaction.is_active:
                 await self._transaction.rollback()
         finally:
-            sync = self._connection.sync_connection
-            if sync is not None:
-                sync.info.pop(_INFO_KEY, None)
+            self._info.pop(_INFO_KEY, None)
             if not self._keep_connection:
                 await self._connection.close()
 
@@ -300,6 +304,7 @@ def _install_hooks(engine: Engine) -> None:
     event.listen(engine, "release_savepoint", _on_release)
     event.listen(engine, "rollback_savepoint", _on_rollback_to)
     event.listen(engine, "before_cursor_execute", _guard)
+    event.listen(engine, "handle_error", _keep_connection_on_cancel)
     wire.install(engine, _INFO_KEY)
 
 
@@ -331,6 +336,43 @@ def _guard(conn: Connection, cursor: Any, statement: str, *args: Any) -> None:
     sandbox = info.get(_INFO_KEY)
     if sandbox is not None:
         sandbox._guard(conn, cursor, statement, *args)
+
+
+# drivers whose connection is usable again after a statement's task is cancelled: asyncpg
+# waits for the server to end the cancelled statement before the next operation, and
+# aiosqlite's worker thread finishes it; asyncmy leaves the protocol mid-packet
+_SURVIVES_CANCEL = frozenset({"asyncpg", "aiosqlite"})
+
+
+def _keep_connection_on_cancel(context: ExceptionContext) -> None:
+    # A task of the test cancelled mid-statement (a client that went away, a timeout):
+    # SQLAlchemy invalidates the connection, whose state it cannot know, and the pool
+    # would replace it. The sandbox's connection is the whole test's transaction, so it
+    # is kept where the driver recovers; the cancelled session's rollback to its
+    # SAVEPOINT then undoes the statement, as production's rollback would.
+    conn = context.connection
+    if (
+        conn is None
+        or not context.is_disconnect
+        or not isinstance(context.original_exception, asyncio.CancelledError)
+    ):
+        return
+    sandbox = conn.info.get(_INFO_KEY)
+    if sandbox is None:
+        return
+    if context.dialect.driver in _SURVIVES_CANCEL:
+        context.is_disconnect = False
+        return
+    task = asyncio.current_task()
+    logger.warning(
+        "Task %r was cancelled in the middle of a statement on the test's connection. "
+        "%s cannot resume a connection after that, so SQLAlchemy discards it and this "
+        "test's transaction with it: every later statement of the test fails. To test "
+        "cancellation on this database, mark the test @pytest.mark.dbkeel("
+        "transaction=False).",
+        task.get_name() if task is not None else "?",
+        context.dialect.driver,
+    )
 
 
 def _factories(
