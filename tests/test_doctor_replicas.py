@@ -76,6 +76,32 @@ async def test_doctor_reports_a_replica_over_the_lag_limit(cluster: ReplicaClust
     assert delay.level == "ok", delay  # 20 s statement timeout <= 30 s standby delay
 
 
+async def test_a_replica_a_moment_behind_an_idle_primary_is_not_reported_lagging(
+    cluster: ReplicaCluster,
+) -> None:
+    # Found a few bytes behind, the replica's "age of the last replayed transaction" is
+    # the time since the primary last wrote anything, not how far behind it is: the
+    # doctor watches it catch up instead. (It once failed CI: a WAL record written just
+    # before the probe made an up-to-date replica read as lagging.)
+    replica = cluster.replicas[0]
+    settings = make_settings(cluster.primary.url(), replica_urls=replica.url(), replica_max_lag=1)
+    cluster.primary.psql("INSERT INTO items VALUES (7100000, 'then idle')")
+    await asyncio.sleep(1.5)  # the last transaction is now older than the lag limit
+    await asyncio.to_thread(replica.psql, "SELECT pg_wal_replay_pause()")
+    try:
+        cluster.primary.psql("INSERT INTO items VALUES (7100001, 'just now')")
+
+        async def resume() -> None:
+            await asyncio.sleep(0.3)
+            await asyncio.to_thread(replica.psql, "SELECT pg_wal_replay_resume()")
+
+        report, _ = await asyncio.gather(run_doctor(settings), resume())
+    finally:
+        await asyncio.to_thread(replica.psql, "SELECT pg_wal_replay_resume()")
+    lag = _findings(report, "replica-1")["replica.lag"]
+    assert lag.level == "ok", lag
+
+
 @pytest.mark.parametrize(
     ("delay", "timeout", "expected"),
     [(30.0, 60.0, "warning"), (30.0, 10.0, "ok"), (-1.0, 0.0, "warning"), (-1.0, 5.0, "ok")],

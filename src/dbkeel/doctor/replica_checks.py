@@ -7,7 +7,9 @@ every finding is the node's name and ``host:port`` (``replica-1 (db2:5432)``), n
 URL's credentials.
 
 PostgreSQL: ``pg_is_in_recovery()``; lag 0 when the replica has replayed the primary's
-current WAL position, else the age of its last replayed transaction;
+current WAL position, else the time it takes to get there (watched for up to
+``DATABASE_REPLICA_MAX_LAG`` seconds; still behind then: the longer of that and the age
+of its last replayed transaction);
 ``hot_standby_feedback``; ``max_standby_streaming_delay`` against the statement timeout.
 MariaDB: ``SHOW REPLICA STATUS`` (both replication threads running,
 ``Seconds_Behind_Master``) and ``read_only``.
@@ -36,6 +38,7 @@ __all__ = ["ReplicaFacts", "check_replicas", "replica_findings"]
 _PG_PRIMARY = text(
     "SELECT CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END"
 )
+_PG_REPLAY_LSN = text("SELECT pg_last_wal_replay_lsn()::text")
 _PG_REPLICA = text(
     """
     SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text,
@@ -98,10 +101,12 @@ async def _probe(
     )
     engine = create_engine(replica_settings)
     try:
-        async with asyncio.timeout(settings.connect_timeout + 5):
+        async with asyncio.timeout(settings.connect_timeout + 5 + settings.replica_max_lag):
             async with engine.connect() as conn:
                 if backend == "postgresql":
                     _pg_facts(facts, (await conn.execute(_PG_REPLICA)).one(), primary_lsn)
+                    if facts.behind_bytes and primary_lsn is not None:
+                        await _pg_catch_up(facts, conn, primary_lsn, settings.replica_max_lag)
                 else:
                     await _mysql_facts(facts, conn)
     except Exception as exc:
@@ -126,6 +131,27 @@ def _pg_facts(facts: ReplicaFacts, row: Any, primary_lsn: int | None) -> None:
     # last transaction was (an idle primary writes nothing). Behind: the age of the last
     # replayed transaction, which is how far behind its reads are.
     facts.lag_s = 0.0 if replayed >= primary_lsn else age
+
+
+async def _pg_catch_up(facts: ReplicaFacts, conn: Any, primary_lsn: int, limit: float) -> None:
+    """A replica found behind the primary's position: watch it replay, up to *limit*
+    seconds. The age of its last replayed transaction is no measure on its own: a
+    replica a few bytes behind (a WAL record the primary wrote a moment before, with no
+    transaction for minutes) would read as minutes behind. Caught up after *t* seconds,
+    it was at most *t* behind; still behind after *limit*, it lags by more than that."""
+    started = asyncio.get_running_loop().time()
+    while True:
+        await asyncio.sleep(0.05)
+        waited = asyncio.get_running_loop().time() - started
+        replay = (await conn.execute(_PG_REPLAY_LSN)).scalar()
+        replayed = parse_lsn(replay) if replay else 0
+        if replayed >= primary_lsn:
+            facts.lag_s, facts.behind_bytes = waited, 0
+            return
+        if waited >= limit:
+            facts.behind_bytes = primary_lsn - replayed
+            facts.lag_s = max(waited, facts.lag_s or 0.0)
+            return
 
 
 async def _mysql_facts(facts: ReplicaFacts, conn: Any) -> None:
