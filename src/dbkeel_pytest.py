@@ -91,10 +91,18 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
 
 
 def _next_test_is_sandboxed(request: pytest.FixtureRequest) -> bool:
-    """Whether the test after this one runs in a sandbox too: only then may this test's
-    rollback wait for its first statement (dbkeel.testing.wire)."""
+    """Whether the test after this one goes straight into a sandbox too: only then may
+    this test's rollback wait for its first statement (dbkeel.testing.wire). Not if it
+    is in another module or class (whose fixtures are set up first), may be skipped or
+    not run (its fixtures then never start), or runs without the outer transaction."""
     nextitem = request.node.stash.get(_NEXT_ITEM, None)
-    if nextitem is None or "dbkeel_db" not in getattr(nextitem, "fixturenames", ()):
+    if (
+        nextitem is None
+        or nextitem.parent is not request.node.parent
+        or "dbkeel_db" not in getattr(nextitem, "fixturenames", ())
+    ):
+        return False
+    if any(any(nextitem.iter_markers(name)) for name in ("skip", "skipif", "xfail")):
         return False
     marker = nextitem.get_closest_marker("dbkeel")
     return marker is None or bool(marker.kwargs.get("transaction", True))

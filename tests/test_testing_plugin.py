@@ -103,18 +103,13 @@ def test_isolation_fails_when_the_rollback_is_removed(
     # The mutation check: a sandbox that commits instead of rolling back must make the
     # sample's isolation tests fail, or they prove nothing.
     (sample / "conftest.py").write_text(
-        "from dbkeel.testing.sandbox import _INFO_KEY, Sandbox\n\n"
+        "from dbkeel.testing.sandbox import Sandbox\n\n"
         "async def _commit(self):\n"
-        "    if self._closed:\n"
-        "        return\n"
-        "    self._closed = True\n"
-        "    while self._restore:\n"
-        "        self._restore.pop()()\n"
         "    await self._transaction.commit()\n"
-        "    self._connection.sync_connection.info.pop(_INFO_KEY, None)\n"
         "    if not self._keep_connection:\n"
         "        await self._connection.close()\n\n"
-        "Sandbox.close = _commit\n"
+        "Sandbox._rollback = _commit\n"
+        "Sandbox._hold_rollback = lambda self: False  # no rollback held back either\n"
     )
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     outcomes = result.parseoutcomes()

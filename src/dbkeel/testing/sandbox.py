@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -46,6 +47,8 @@ from dbkeel.testing import wire
 __all__ = ["Sandbox"]
 
 logger = logging.getLogger(__name__)
+# sandboxes whose connection SQLAlchemy invalidated (its .info is out of reach then)
+_invalidated: weakref.WeakKeyDictionary[Connection, Sandbox] = weakref.WeakKeyDictionary()
 
 _INFO_KEY = "dbkeel.sandbox"
 _FACTORIES_KEY = "dbkeel.sandbox_factories"
@@ -150,7 +153,9 @@ class Sandbox:
     async def close(self) -> None:
         """Roll the test's transaction back and return the connection; safe to call twice.
 
-        The rollback runs to completion even if the caller is cancelled.
+        The rollback runs to completion even if the caller is cancelled. On a
+        connection kept from test to test on asyncpg it is held back instead, and goes
+        out with the next statement on the connection (see :mod:`.wire`).
         """
         if self._closed:
             return
@@ -193,6 +198,9 @@ class Sandbox:
     def _on_savepoint(self, conn: Connection, name: str) -> None:
         task = asyncio.current_task()
         if task is None or self._owner is task:
+            # Still the owner: also when its last session's end is in flight (ended by
+            # get_session()'s helper task) and it begins another, which keeps it.
+            self._hand_over_due = False
             self._depth += 1
             return
         if self._owner is None and not self._waiters:
@@ -213,7 +221,7 @@ class Sandbox:
         except TimeoutError:
             if self._owner is task:
                 return  # handed over just as the time ran out: it is ours
-            self._waiters.remove(entry)
+            self._forget(entry)
             holder = self._owner.get_name() if self._owner is not None else "?"
             raise SandboxError(
                 f"Task {task.get_name()!r} waited {self._lock_timeout:g} s for the test's "
@@ -226,14 +234,19 @@ class Sandbox:
             if self._owner is task:
                 self._hand_over()
             else:
-                self._waiters.remove(entry)
+                self._forget(entry)
             raise
+
+    def _forget(self, entry: tuple[asyncio.Task[Any], asyncio.Future[None]]) -> None:
+        # _hand_over may have dropped it already (a cancelled waiter's future is done)
+        if entry in self._waiters:
+            self._waiters.remove(entry)
 
     def _hand_over(self) -> None:
         self._owner = None
         while self._waiters:
             task, handed = self._waiters.popleft()
-            if not handed.done():
+            if not handed.done():  # done: cancelled while waiting, or timed out
                 self._owner = task
                 handed.set_result(None)
                 return
@@ -257,7 +270,7 @@ class Sandbox:
                 self._hand_over()
 
     def _savepoint_sent(self) -> None:
-        if self._hand_over_due:
+        if self._hand_over_due and self._depth == 0:
             self._hand_over_due = False
             self._hand_over()
 
@@ -304,7 +317,7 @@ def _install_hooks(engine: Engine) -> None:
     event.listen(engine, "release_savepoint", _on_release)
     event.listen(engine, "rollback_savepoint", _on_rollback_to)
     event.listen(engine, "before_cursor_execute", _guard)
-    event.listen(engine, "handle_error", _keep_connection_on_cancel)
+    event.listen(engine, "handle_error", _on_lost_connection)
     wire.install(engine, _INFO_KEY)
 
 
@@ -321,18 +334,24 @@ def _on_release(conn: Connection, name: str, context: Any) -> None:
 
 
 def _on_rollback_to(conn: Connection, name: str, context: Any) -> None:
+    if conn.invalidated:
+        # SQLAlchemy sends no ROLLBACK TO on a connection that is gone (and reading its
+        # .info would try to reconnect): hand the connection over now, so that waiting
+        # tasks fail at once on the lost connection rather than after lock_timeout
+        sandbox = _invalidated.get(conn)
+        if sandbox is not None:
+            sandbox._on_savepoint_end(conn, name, sent=False)
+        return
     sandbox = conn.info.get(_INFO_KEY)
     if sandbox is not None:
-        # SQLAlchemy sends no ROLLBACK TO on a connection that is gone
-        sent = conn._still_open_and_dbapi_connection_is_valid
-        sandbox._on_savepoint_end(conn, name, sent=sent)
+        sandbox._on_savepoint_end(conn, name)
 
 
 def _guard(conn: Connection, cursor: Any, statement: str, *args: Any) -> None:
     info = conn.info
     held = info.get(wire.HELD_KEY)
     if held:  # what the statement needs sent first, in the same round trip's stead
-        wire.send_held(conn.connection, held)
+        wire.send_held_in_statement(conn.connection, held)
     sandbox = info.get(_INFO_KEY)
     if sandbox is not None:
         sandbox._guard(conn, cursor, statement, *args)
@@ -344,35 +363,35 @@ def _guard(conn: Connection, cursor: Any, statement: str, *args: Any) -> None:
 _SURVIVES_CANCEL = frozenset({"asyncpg", "aiosqlite"})
 
 
-def _keep_connection_on_cancel(context: ExceptionContext) -> None:
-    # A task of the test cancelled mid-statement (a client that went away, a timeout):
-    # SQLAlchemy invalidates the connection, whose state it cannot know, and the pool
-    # would replace it. The sandbox's connection is the whole test's transaction, so it
-    # is kept where the driver recovers; the cancelled session's rollback to its
-    # SAVEPOINT then undoes the statement, as production's rollback would.
+def _on_lost_connection(context: ExceptionContext) -> None:
+    """handle_error: what losing the connection means for a sandbox, which has one."""
     conn = context.connection
-    if (
-        conn is None
-        or not context.is_disconnect
-        or not isinstance(context.original_exception, asyncio.CancelledError)
-    ):
+    if conn is None or not context.is_disconnect or conn.invalidated:
         return
     sandbox = conn.info.get(_INFO_KEY)
     if sandbox is None:
         return
-    if context.dialect.driver in _SURVIVES_CANCEL:
+    cancelled = isinstance(context.original_exception, asyncio.CancelledError)
+    if cancelled and context.dialect.driver in _SURVIVES_CANCEL:
+        # A task of the test cancelled mid-statement (a client that went away, a
+        # timeout): SQLAlchemy would invalidate the connection, whose state it cannot
+        # know, for the pool to replace. Here it is the whole test's transaction, and
+        # the driver recovers it: the cancelled session's rollback to its SAVEPOINT
+        # undoes the statement, as production's rollback would.
         context.is_disconnect = False
         return
-    task = asyncio.current_task()
-    logger.warning(
-        "Task %r was cancelled in the middle of a statement on the test's connection. "
-        "%s cannot resume a connection after that, so SQLAlchemy discards it and this "
-        "test's transaction with it: every later statement of the test fails. To test "
-        "cancellation on this database, mark the test @pytest.mark.dbkeel("
-        "transaction=False).",
-        task.get_name() if task is not None else "?",
-        context.dialect.driver,
-    )
+    _invalidated[conn] = sandbox  # SQLAlchemy invalidates conn once this returns
+    if cancelled:
+        task = asyncio.current_task()
+        logger.warning(
+            "Task %r was cancelled in the middle of a statement on the test's "
+            "connection. %s cannot resume a connection after that, so SQLAlchemy "
+            "discards it and this test's transaction with it: every later statement of "
+            "the test fails. To test cancellation on this database, mark the test "
+            "@pytest.mark.dbkeel(transaction=False).",
+            task.get_name() if task is not None else "?",
+            context.dialect.driver,
+        )
 
 
 def _factories(
@@ -424,7 +443,7 @@ def _begin(session: Session, transaction: SessionTransaction, connection: Connec
     # session's connection is then ready for the driver's own calls (bulk COPY).
     held = connection.info.get(wire.HELD_KEY)
     if held:
-        wire.send_held(connection.connection, held)
+        wire.send_held(connection, held)
 
 
 def _begin_read_only(
@@ -438,6 +457,6 @@ def _begin_read_only(
         # allowed in a subtransaction; ROLLBACK TO SAVEPOINT undoes it
         if sandbox._held is not None:  # asyncpg: in the same request as its SAVEPOINT
             sandbox._held.append("SET TRANSACTION READ ONLY")
-            wire.send_held(connection.connection, sandbox._held)
+            wire.send_held(connection, sandbox._held)
         else:
             connection.exec_driver_sql("SET TRANSACTION READ ONLY")

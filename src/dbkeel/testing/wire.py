@@ -22,13 +22,14 @@ Two things, installed on the test database's engine by :class:`~.sandbox.Sandbox
 
   What this changes: between two tests, the previous test's rows and locks live on in
   the kept connection's transaction (invisible to other connections, as uncommitted
-  rows are) until the next statement on it. So that nothing waits on those locks, the
-  held-back rollback is sent at once when the same engine hands out another connection
-  (a test marked ``transaction=False``, a fixture that truncates through the base
-  manager), and the pytest plugin holds it back only when the next test is sandboxed
-  too (``TestDatabase.settle`` otherwise). What is left: a sandboxed test that, before
-  its first statement in the sandbox, writes the previous test's rows through an engine
-  of its own waits on them until its lock timeout.
+  rows are) until the next statement on it, for at most :data:`HOLD_LIMIT` seconds. So
+  that nothing waits on those locks even that long, the held-back rollback is sent at
+  once when the same engine hands out another connection (a test marked
+  ``transaction=False``, a fixture that truncates through the base manager), and the
+  pytest plugin holds it back only when the next test goes straight into a sandbox
+  (``TestDatabase.settle`` otherwise). Code that writes the previous test's rows
+  through a connection of its own in that window waits up to HOLD_LIMIT (a timer sends
+  the rollback); code that blocks the event loop while it waits would wait for good.
 
 A test that inserts through one session and reads through a read-only one sends 6
 requests with or without the sandbox (9 before statements were held back); RELEASE and
@@ -39,6 +40,7 @@ such tests: the sandbox's are 0.976-0.978 of the same work's without it (1.111 b
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import weakref
 from typing import Any, Protocol
@@ -48,10 +50,22 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.util import await_only
 
-__all__ = ["HELD_KEY", "held", "hold_rollback", "install", "send_held"]
+__all__ = [
+    "HELD_KEY",
+    "HOLD_LIMIT",
+    "held",
+    "hold_rollback",
+    "install",
+    "send_held",
+    "send_held_in_statement",
+]
 
 HELD_KEY = "dbkeel.sandbox_held"
+#: seconds a finished test's rollback may wait for the next statement on its connection
+HOLD_LIMIT = 0.1
 logger = logging.getLogger(__name__)
+# the timers' sends in flight (a task nobody awaits must be referenced to finish)
+_late: set[asyncio.Task[None]] = set()
 # per engine, the pooled connections that may hold a finished test's rollback back
 _holders: weakref.WeakKeyDictionary[Engine, set[PoolProxiedConnection]] = (
     weakref.WeakKeyDictionary()
@@ -72,20 +86,25 @@ def held(connection: Connection) -> list[str] | None:
     whose simple protocol is what runs several statements in one request)."""
     if connection.dialect.driver != "asyncpg":
         return None
-    held: list[str] = connection.info.setdefault(HELD_KEY, [])
-    return held
+    statements: list[str] = connection.info.setdefault(HELD_KEY, [])
+    return statements
 
 
 def hold_rollback(connection: Connection, held: list[str]) -> None:
     """End the test on *connection* with its rollback held back: the next statement on
-    the connection sends ``ROLLBACK`` and a ``BEGIN`` like the adapter's first. Only
-    once every savepoint has ended (nothing else is held then)."""
+    the connection sends ``ROLLBACK`` and a ``BEGIN`` like the adapter's first, or a
+    timer after :data:`HOLD_LIMIT` seconds, whichever comes first. Only once every
+    savepoint has ended (nothing else is held then)."""
     pooled = connection.connection
     adapter = pooled.dbapi_connection
     if getattr(adapter, "_transaction", None) is None:
         return  # nothing reached the server since its last BEGIN: nothing to undo
     held[:] = ["ROLLBACK", _begin(adapter)]
     _holders.setdefault(connection.engine, set()).add(pooled)
+    # The bound on how long the finished test's locks can outlive it, whatever runs
+    # next: code that waits on them (a fixture writing through an engine of its own)
+    # awaits, so the loop runs this timer and the wait ends.
+    asyncio.get_running_loop().call_later(HOLD_LIMIT, _send_late, adapter, held)
 
 
 def _begin(adapter: Any) -> str:
@@ -101,35 +120,76 @@ def _begin(adapter: Any) -> str:
     return statement
 
 
-def send_held(pooled: PoolProxiedConnection, held: list[str]) -> None:
-    """Send *held* as one query on *pooled* (a pool's connection proxy), in the
-    sandbox's greenlet. Driver errors are translated as the adapter translates its own,
-    so SQLAlchemy wraps them and sees a broken connection for what it is."""
-    statements = "; ".join(held)
-    held.clear()
-    await_only(_send(pooled.dbapi_connection, statements))
+def send_held(connection: Connection, held: list[str]) -> None:
+    """Send *held* on *connection* now, as one query, from the sandbox's greenlet; a
+    failure is wrapped as ``execute()`` wraps it (and a lost connection invalidated)."""
+    _send_now(connection, held)
 
 
-def _send_now(connection: Connection, statement: str) -> None:
-    """Send *statement* at once, past SQLAlchemy's compile-and-execute path (a RELEASE
+def send_held_in_statement(pooled: PoolProxiedConnection, held: list[str]) -> None:
+    """:func:`send_held` from inside a statement's execution (before_cursor_execute),
+    whose own error handling wraps a failure."""
+    await_only(_send(pooled.dbapi_connection, held))
+
+
+def _send_now(connection: Connection, statements: list[str]) -> None:
+    """Send *statements* at once, past SQLAlchemy's compile-and-execute path (a RELEASE
     or ROLLBACK TO through ``Connection.execute`` costs a compilation, an execution
-    context and a result each time); a failure is wrapped as ``execute()`` wraps it."""
+    context and a result each time). SQLAlchemy's own error path handles a failure:
+    the driver error wrapped, handle_error listeners (dbkeel's translation) run, a lost
+    connection invalidated."""
+    query = "; ".join(statements)  # for the error: _send empties the list
     try:
-        await_only(_send(connection.connection.dbapi_connection, statement))
+        await_only(_send(connection.connection.dbapi_connection, statements))
     except Exception as error:
-        connection._handle_dbapi_exception(error, statement, None, None, None)
+        connection._handle_dbapi_exception(error, query, None, None, None)
 
 
-async def _send(adapter: Any, statements: str) -> None:
-    async with adapter._execute_mutex:  # the adapter's own guard around its connection
+async def _send(adapter: Any, statements: list[str]) -> None:
+    """Send and empty *statements* (a connection's held list is shared by the test's
+    tasks) under the adapter's own guard around its connection. Taken from the list
+    only once the guard is held: a sender cancelled while waiting for it leaves them
+    for the next one, and two senders never send them twice."""
+    async with adapter._execute_mutex:
+        if not statements:
+            return  # another sender took them while this one waited
+        query = "; ".join(statements)
+        statements.clear()
         if adapter._transaction is None:
             # the connection's first test: the adapter begins (and tracks) the outer
             # transaction, as it would for the statement about to run
             await adapter._start_transaction()
         try:
-            await adapter._connection.execute(statements)
+            await adapter._connection.execute(query)
         except Exception as error:
             adapter._handle_exception(error)
+
+
+def _send_late(adapter: Any, held: list[str]) -> None:
+    if held and held[0] == "ROLLBACK":  # still the finished test's, nothing sent since
+        task = asyncio.ensure_future(_send_logged(adapter, held))
+        _late.add(task)
+        task.add_done_callback(_late.discard)
+
+
+async def _send_logged(adapter: Any, held: list[str]) -> None:
+    try:
+        await _send(adapter, held)
+    except Exception as error:
+        _log_unsent(error)
+
+
+def _log_unsent(error: Exception) -> None:
+    # The rollback only has to release the finished test's locks; a connection that
+    # cannot take it has lost its transaction with them, and the next sandbox replaces
+    # it (TestDatabase checks its kept connection before each test).
+    logger.warning(
+        "The rollback of the previous test could not be sent on its kept connection "
+        "(%s: %s); if the server still has that transaction, its locks may make other "
+        "connections wait.",
+        type(error).__name__,
+        error,
+    )
 
 
 def install(engine: Engine, sandbox_key: str) -> None:
@@ -163,7 +223,7 @@ def install(engine: Engine, sandbox_key: str) -> None:
             if sandbox._held is None:
                 release(connection, sent)
             elif not _unhold(sandbox._held, sent):
-                _send_now(connection, f"RELEASE SAVEPOINT {sent}")
+                _send_now(connection, [f"RELEASE SAVEPOINT {sent}"])
         finally:
             sandbox._savepoint_sent()
 
@@ -176,7 +236,7 @@ def install(engine: Engine, sandbox_key: str) -> None:
             if sandbox._held is None:
                 rollback_to(connection, sent)
             elif not _unhold(sandbox._held, sent):
-                _send_now(connection, f"ROLLBACK TO SAVEPOINT {sent}")
+                _send_now(connection, [f"ROLLBACK TO SAVEPOINT {sent}"])
         finally:
             sandbox._savepoint_sent()
 
@@ -189,15 +249,17 @@ def install(engine: Engine, sandbox_key: str) -> None:
     def do_commit(dbapi_connection: PoolProxiedConnection) -> None:
         held = dbapi_connection.info.get(HELD_KEY)
         if held:  # what is committed is the transaction the held statements lead to
-            send_held(dbapi_connection, held)
+            # (a failure here is wrapped by SQLAlchemy's commit, which calls this)
+            await_only(_send(dbapi_connection.dbapi_connection, held))
         commit(dbapi_connection)
 
-    def before_checkout(dbapi_connection: Any, record: Any, pooled: Any) -> None:
+    def on_checkout(dbapi_connection: Any, record: Any, pooled: Any) -> None:
+        # before the connection just checked out is used for anything
         holders = _holders.get(engine)
         if holders:
             _send_held_rollbacks(holders, pooled)
 
-    event.listen(engine, "checkout", before_checkout)
+    event.listen(engine, "checkout", on_checkout)
     dialect.do_savepoint = do_savepoint  # type: ignore[method-assign]
     dialect.do_release_savepoint = do_release_savepoint  # type: ignore[method-assign]
     dialect.do_rollback_to_savepoint = do_rollback_to_savepoint  # type: ignore[method-assign]
@@ -211,25 +273,16 @@ def _send_held_rollbacks(
     """Send the finished tests' rollbacks held back on *holders* before another
     connection of their engine is used: what it runs must not wait on their locks."""
     for pooled in list(holders):
-        held = pooled.info.get(HELD_KEY) if pooled.is_valid else None
-        if pooled is checked_out or not held:
+        if pooled is checked_out:
             continue
         holders.discard(pooled)
-        if held[0] != "ROLLBACK":
-            continue  # the next test is running on it: its locks are its own
+        held = pooled.info.get(HELD_KEY) if pooled.is_valid else None
+        if not held or held[0] != "ROLLBACK":
+            continue  # sent already, or the next test runs on it: its locks are its own
         try:
-            send_held(pooled, held)
+            await_only(_send(pooled.dbapi_connection, held))
         except Exception as error:
-            # The rollback only has to release the finished test's locks; a connection
-            # that cannot take it has lost its transaction with them, and the next
-            # sandbox replaces it. The checkout goes on either way.
-            logger.warning(
-                "The rollback of the previous test could not be sent on its kept "
-                "connection (%s: %s); if the server still has that transaction, its "
-                "locks may make this connection wait.",
-                type(error).__name__,
-                error,
-            )
+            _log_unsent(error)
 
 
 def _sent_name(sandbox: _Savepoints, name: str) -> str:
