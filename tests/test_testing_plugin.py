@@ -126,13 +126,8 @@ def test_two_xdist_workers_get_a_database_each(
         assert not _test_database_exists(app_url, suffix=f"_test_{worker}")
 
 
-@pytest.mark.parametrize("backend", ["postgresql"])
-@pytest.mark.parametrize("asyncio_mode", ["strict", "auto"])
-def test_session_event_loops_and_strict_mode(
-    sample: Path, pytester: pytest.Pytester, asyncio_mode: str
-) -> None:
-    # One loop for the whole run: the connection is reused from test to test.
-    _set_ini(sample, 'asyncio_mode = "auto"', f'asyncio_mode = "{asyncio_mode}"')
+def _session_loops(sample: Path) -> None:
+    """One event loop for the whole run: the connection is kept from test to test."""
     _set_ini(
         sample,
         'asyncio_default_fixture_loop_scope = "function"\n'
@@ -140,6 +135,16 @@ def test_session_event_loops_and_strict_mode(
         'asyncio_default_fixture_loop_scope = "session"\n'
         'asyncio_default_test_loop_scope = "session"',
     )
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+@pytest.mark.parametrize("asyncio_mode", ["strict", "auto"])
+def test_session_event_loops_and_strict_mode(
+    sample: Path, pytester: pytest.Pytester, asyncio_mode: str
+) -> None:
+    # One loop for the whole run: the connection is reused from test to test.
+    _set_ini(sample, 'asyncio_mode = "auto"', f'asyncio_mode = "{asyncio_mode}"')
+    _session_loops(sample)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=PASSED, failed=FAILED)
 
@@ -181,13 +186,7 @@ def test_a_test_without_the_sandbox_does_not_wait_on_the_previous_one(
     # A sandboxed test's rollback may wait for the next test's first statement on its
     # connection (one round trip saved per test), but only if that next test is
     # sandboxed too: here its unique row would block the next test's own INSERT.
-    _set_ini(
-        sample,
-        'asyncio_default_fixture_loop_scope = "function"\n'
-        'asyncio_default_test_loop_scope = "function"',
-        'asyncio_default_fixture_loop_scope = "session"\n'
-        'asyncio_default_test_loop_scope = "session"',
-    )
+    _session_loops(sample)
     (sample / "tests" / "test_own_engine.py").write_text(_OWN_ENGINE_TESTS)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "tests/test_own_engine.py")
     result.assert_outcomes(passed=3)

@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import String, event, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import PendingRollbackError
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from dbkeel import DatabaseManager, ReadOnlyTransactionError
@@ -285,6 +286,13 @@ async def _pg_admin(base: DatabaseManager) -> asyncpg.Connection:
     )  # fmt: skip
 
 
+async def _previous_test_wrote_row_1(database: TestDatabase, base: DatabaseManager) -> None:
+    """A sandboxed test that leaves row 1 (and its lock) in the held-back transaction."""
+    async with database.isolated(base) as db:
+        async with db.get_session() as session:
+            session.add(SandboxNote(id=1, text="previous test"))
+
+
 @pytest.mark.parametrize("backend", ["postgresql"])
 @pytest.mark.parametrize("next_test", ["transaction=False", "TRUNCATE through the base engine"])
 async def test_the_next_writer_does_not_wait_on_the_previous_test(
@@ -294,9 +302,7 @@ async def test_the_next_writer_does_not_wait_on_the_previous_test(
     # transaction; whatever the next test writes through another connection of the
     # engine must not wait for it. A 2 s lock timeout turns a wait into a failure.
     database, base = provisioned
-    async with database.isolated(base) as db:
-        async with db.get_session() as session:
-            session.add(SandboxNote(id=1, text="previous test"))
+    await _previous_test_wrote_row_1(database, base)
     if next_test == "transaction=False":
         async with database.isolated(base, transaction=False) as db:
             async with db.get_session() as session:
@@ -396,22 +402,29 @@ async def test_a_read_only_first_session_is_read_only_on_the_server(
                 assert list(await session.scalars(select(SandboxNote.text))) == ["writable"]
 
 
+async def _holding_session(db: DatabaseManager) -> AsyncSession:
+    """A session of the calling task that holds the test's connection (its SAVEPOINT
+    open until it commits or rolls back)."""
+    holder = db.session_factory()
+    holder.add(SandboxNote(text="holder"))
+    await holder.flush()
+    return holder
+
+
+async def _write(db: DatabaseManager, label: str) -> None:
+    async with db.get_session() as session:
+        session.add(SandboxNote(text=label))
+
+
 @pytest.mark.parametrize("backend", ["postgresql"])
 async def test_a_task_cancelled_while_waiting_for_the_connection_is_skipped(
     provisioned: tuple[TestDatabase, DatabaseManager],
 ) -> None:
     database, base = provisioned
     async with database.isolated(base) as db:
-        holder = db.session_factory()
-        holder.add(SandboxNote(text="holder"))
-        await holder.flush()  # this task's session holds the connection
-
-        async def write(label: str) -> None:
-            async with db.get_session() as session:
-                session.add(SandboxNote(text=label))
-
-        cancelled = asyncio.create_task(write("cancelled"))
-        waiting = asyncio.create_task(write("waiting"))
+        holder = await _holding_session(db)
+        cancelled = asyncio.create_task(_write(db, "cancelled"))
+        waiting = asyncio.create_task(_write(db, "waiting"))
         await asyncio.sleep(0.05)  # both wait for the connection now
         cancelled.cancel()
         await asyncio.sleep(0.05)
@@ -479,9 +492,7 @@ async def test_a_held_rollback_is_sent_within_its_time_limit(
     # writes the previous test's row before anything runs on the kept connection: the
     # held rollback goes out after wire.HOLD_LIMIT and the write proceeds.
     database, base = provisioned
-    async with database.isolated(base) as db:
-        async with db.get_session() as session:
-            session.add(SandboxNote(id=1, text="previous test"))
+    await _previous_test_wrote_row_1(database, base)
     own = await _pg_admin(base)
     try:
         await own.execute("SET lock_timeout = '3s'")
@@ -500,17 +511,10 @@ async def test_waiters_cancelled_together_leave_the_connection_to_the_next(
     # e.g. a TaskGroup cancelling its tasks while they wait for the test's connection
     database, base = provisioned
     async with database.isolated(base) as db:
-        holder = db.session_factory()
-        holder.add(SandboxNote(text="holder"))
-        await holder.flush()
-
-        async def write(label: str) -> None:
-            async with db.get_session() as session:
-                session.add(SandboxNote(text=label))
-
-        doomed = [asyncio.create_task(write(f"doomed {i}")) for i in range(3)]
+        holder = await _holding_session(db)
+        doomed = [asyncio.create_task(_write(db, f"doomed {i}")) for i in range(3)]
         await asyncio.sleep(0.05)
-        last = asyncio.create_task(write("last"))
+        last = asyncio.create_task(_write(db, "last"))
         await asyncio.sleep(0.05)
         await holder.commit()  # hands over to doomed[0] ...
         for task in doomed:  # ... which is cancelled with the others before it runs

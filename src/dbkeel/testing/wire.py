@@ -214,31 +214,24 @@ def install(engine: Engine, sandbox_key: str) -> None:
         else:
             savepoint(connection, sent)
 
-    def do_release_savepoint(connection: Connection, name: str) -> None:
-        sandbox: _Savepoints | None = connection.info.get(sandbox_key)
-        if sandbox is None:
-            return release(connection, name)
-        sent = _sent_name(sandbox, name)
-        try:
-            if sandbox._held is None:
-                release(connection, sent)
-            elif not _unhold(sandbox._held, sent):
-                _send_now(connection, [f"RELEASE SAVEPOINT {sent}"])
-        finally:
-            sandbox._savepoint_sent()
+    def ending(plain: Any, verb: str) -> Any:
+        """do_release_savepoint / do_rollback_to_savepoint for sandboxed connections."""
 
-    def do_rollback_to_savepoint(connection: Connection, name: str) -> None:
-        sandbox: _Savepoints | None = connection.info.get(sandbox_key)
-        if sandbox is None:
-            return rollback_to(connection, name)
-        sent = _sent_name(sandbox, name)
-        try:
-            if sandbox._held is None:
-                rollback_to(connection, sent)
-            elif not _unhold(sandbox._held, sent):
-                _send_now(connection, [f"ROLLBACK TO SAVEPOINT {sent}"])
-        finally:
-            sandbox._savepoint_sent()
+        def do_end(connection: Connection, name: str) -> None:
+            sandbox: _Savepoints | None = connection.info.get(sandbox_key)
+            if sandbox is None:
+                plain(connection, name)
+                return
+            sent = _sent_name(sandbox, name)
+            try:
+                if sandbox._held is None:
+                    plain(connection, sent)
+                elif not _unhold(sandbox._held, sent):
+                    _send_now(connection, [f"{verb} {sent}"])
+            finally:
+                sandbox._savepoint_sent()
+
+        return do_end
 
     def do_rollback(dbapi_connection: PoolProxiedConnection) -> None:
         held = dbapi_connection.info.get(HELD_KEY)
@@ -261,8 +254,8 @@ def install(engine: Engine, sandbox_key: str) -> None:
 
     event.listen(engine, "checkout", on_checkout)
     dialect.do_savepoint = do_savepoint  # type: ignore[method-assign]
-    dialect.do_release_savepoint = do_release_savepoint  # type: ignore[method-assign]
-    dialect.do_rollback_to_savepoint = do_rollback_to_savepoint  # type: ignore[method-assign]
+    dialect.do_release_savepoint = ending(release, "RELEASE SAVEPOINT")  # type: ignore[method-assign]
+    dialect.do_rollback_to_savepoint = ending(rollback_to, "ROLLBACK TO SAVEPOINT")  # type: ignore[method-assign]
     dialect.do_rollback = do_rollback  # type: ignore[method-assign]
     dialect.do_commit = do_commit  # type: ignore[method-assign]
 
