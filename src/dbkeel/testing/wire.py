@@ -125,29 +125,23 @@ def _begin(adapter: Any) -> str:
     return statement
 
 
-def send_held(connection: Connection, held: list[str]) -> None:
-    """Send *held* on *connection* now, as one query, from the sandbox's greenlet; a
-    failure is wrapped as ``execute()`` wraps it (and a lost connection invalidated)."""
-    _send_now(connection, held)
+def send_held(connection: Connection, statements: list[str]) -> None:
+    """Send *statements* (the held ones, or one RELEASE / ROLLBACK TO) on *connection*
+    now, as one query, from the sandbox's greenlet: past SQLAlchemy's compile-and-execute
+    path, which costs a compilation, an execution context and a result per statement.
+    SQLAlchemy's own error path handles a failure: the driver error wrapped,
+    handle_error listeners (dbkeel's translation) run, a lost connection invalidated."""
+    query = "; ".join(statements)  # for the error: _send empties the list
+    try:
+        await_only(_send(connection.connection.dbapi_connection, statements))
+    except Exception as error:
+        connection._handle_dbapi_exception(error, query, None, None, None)
 
 
 def send_held_in_statement(pooled: PoolProxiedConnection, held: list[str]) -> None:
     """:func:`send_held` from inside a statement's execution (before_cursor_execute),
     whose own error handling wraps a failure."""
     await_only(_send(pooled.dbapi_connection, held))
-
-
-def _send_now(connection: Connection, statements: list[str]) -> None:
-    """Send *statements* at once, past SQLAlchemy's compile-and-execute path (a RELEASE
-    or ROLLBACK TO through ``Connection.execute`` costs a compilation, an execution
-    context and a result each time). SQLAlchemy's own error path handles a failure:
-    the driver error wrapped, handle_error listeners (dbkeel's translation) run, a lost
-    connection invalidated."""
-    query = "; ".join(statements)  # for the error: _send empties the list
-    try:
-        await_only(_send(connection.connection.dbapi_connection, statements))
-    except Exception as error:
-        connection._handle_dbapi_exception(error, query, None, None, None)
 
 
 async def _send(adapter: Any, statements: list[str]) -> None:
@@ -233,7 +227,7 @@ def install(engine: Engine, sandbox_key: str) -> None:
                 if sandbox._held is None:
                     plain(connection, sent)
                 elif not _unhold(sandbox._held, sent):
-                    _send_now(connection, [f"{verb} {sent}"])
+                    send_held(connection, [f"{verb} {sent}"])
             finally:
                 sandbox._savepoint_sent()
 
