@@ -270,6 +270,10 @@ def cluster() -> Iterator[ReplicaCluster]:
     rig = ReplicaCluster.build(n_replicas=2)
     try:
         rig.primary.psql("CREATE TABLE items (id int PRIMARY KEY, value text)")
+        # Reads go to a replica as soon as it is within the lag limit, which it can be
+        # before it has replayed this CREATE TABLE ("relation items does not exist", once
+        # in CI): every replica has the table before any test runs.
+        rig.wait_replayed("SELECT to_regclass('items') IS NOT NULL")
         yield rig
     finally:
         rig.drop()

@@ -172,6 +172,15 @@ class ReplicaCluster:
             time.sleep(0.2)
         raise RuntimeError(f"replica test rig: {want} replicas did not stream in {timeout} s")
 
+    def wait_replayed(self, check: str, timeout: float = 30.0) -> None:
+        """Wait until *check* (a query answering t/f) is true on every running replica."""
+        deadline = time.monotonic() + timeout
+        for replica in (r for r in self.replicas if r.is_running()):
+            while replica.psql(check) != "t":
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"replica test rig: {check!r} still false on a replica")
+                time.sleep(0.05)
+
     def drop(self) -> None:
         for cluster in [*self.replicas, self.primary]:
             cluster.drop()

@@ -86,11 +86,11 @@ async def test_a_replica_a_moment_behind_an_idle_primary_is_not_reported_lagging
     replica = cluster.replicas[0]
     settings = make_settings(cluster.primary.url(), replica_urls=replica.url(), replica_max_lag=1)
     # keys of this test's own: the cluster and its table are shared by the session
-    cluster.primary.psql("INSERT INTO items VALUES (7200000, 'then idle')")
+    cluster.primary.psql("INSERT INTO items VALUES (8800000, 'then idle')")
     await asyncio.sleep(1.5)  # the last transaction is now older than the lag limit
     await asyncio.to_thread(replica.psql, "SELECT pg_wal_replay_pause()")
     try:
-        cluster.primary.psql("INSERT INTO items VALUES (7200001, 'just now')")
+        cluster.primary.psql("INSERT INTO items VALUES (8800001, 'just now')")
 
         async def resume() -> None:
             await asyncio.sleep(0.3)
@@ -99,7 +99,7 @@ async def test_a_replica_a_moment_behind_an_idle_primary_is_not_reported_lagging
         report, _ = await asyncio.gather(run_doctor(settings), resume())
     finally:
         await asyncio.to_thread(replica.psql, "SELECT pg_wal_replay_resume()")
-        cluster.primary.psql("DELETE FROM items WHERE id IN (7200000, 7200001)")
+        cluster.primary.psql("DELETE FROM items WHERE id IN (8800000, 8800001)")
     lag = _findings(report, "replica-1")["replica.lag"]
     assert lag.level == "ok", lag
 
