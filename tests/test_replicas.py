@@ -141,8 +141,8 @@ async def test_read_only_session_on_every_backend(db: DatabaseManager) -> None:
 
 async def test_read_only_flag_does_not_outlive_the_session(pg_url: str) -> None:
     """One pooled connection serves a read-only session, then read-write ones: the
-    read-only flag set on it for BEGIN READ ONLY is cleared when it returns to the pool,
-    whether the read-only session ended cleanly, failed, or was cancelled."""
+    read-only flag set on it for BEGIN READ ONLY does not reach them, whether the
+    read-only session ended cleanly, failed, or was cancelled."""
     settings = make_settings(pg_url, environment="production", pool_size=1, max_overflow=0)
     async with DatabaseManager(settings) as db:
 

@@ -535,7 +535,7 @@ def test_the_driver_internals_the_sandbox_uses_are_there() -> None:
     from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_connection
     from sqlalchemy.engine import Connection
 
-    for name in ("_start_transaction", "_handle_exception"):
+    for name in ("_start_transaction", "_handle_exception"):  # also replicas/readonly.py
         assert callable(getattr(AsyncAdapt_asyncpg_connection, name)), name
     slots = {
         s for cls in AsyncAdapt_asyncpg_connection.__mro__ for s in getattr(cls, "__slots__", ())

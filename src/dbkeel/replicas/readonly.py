@@ -1,8 +1,8 @@
 """Sessions that run ``SET TRANSACTION READ ONLY`` wherever they land.
 
-PostgreSQL (asyncpg): the adapted connection's ``readonly`` flag, set when the session's
-transaction begins and cleared when the connection returns to the pool, makes the driver
-open the transaction with ``BEGIN READ ONLY``: no extra round trip. (Another PostgreSQL
+PostgreSQL (asyncpg): the session opens its transaction as it begins, with the adapted
+connection's ``readonly`` flag set for that one ``BEGIN``: ``BEGIN READ ONLY``, no extra
+round trip. (Another PostgreSQL
 driver: SQLAlchemy's ``postgresql_readonly`` execution option.) MariaDB:
 ``SET TRANSACTION READ ONLY`` before the (implicit) transaction's first statement.
 SQLite: ``PRAGMA query_only``, switched off again when the connection returns to the pool.
@@ -15,13 +15,13 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.util import await_only
 
 from dbkeel.mixins.session import DbkeelSession
 
 __all__ = ["read_only_factory", "session_factory"]
 
 _QUERY_ONLY = "dbkeel_query_only"
-_READ_ONLY = "dbkeel_read_only"
 
 
 class _PGReadOnlySession(DbkeelSession):
@@ -38,20 +38,32 @@ class _SQLiteReadOnlySession(DbkeelSession):
 
 @event.listens_for(_PGReadOnlySession, "after_begin")
 def _pg_read_only(session: Session, transaction: SessionTransaction, connection: Any) -> None:
-    # asyncpg's adapter opens its transaction at the first statement, with its readonly
-    # flag: set here, before any statement, it becomes BEGIN READ ONLY, no extra round
-    # trip. (SQLAlchemy's postgresql_readonly execution option does the same through an
-    # option engine and connection characteristics, at several times the cost per session.)
+    # asyncpg's adapter opens its transaction lazily, with its readonly flag. Opened
+    # here, with the flag set for that one BEGIN, it is BEGIN READ ONLY: the same single
+    # round trip, and the flag never outlives it. (It used to stay set until the pool's
+    # checkin cleared it; a read-write session once found it still set, in CI. Through
+    # SQLAlchemy's postgresql_readonly option it costs several times as much per
+    # session: an option engine and connection characteristics.)
     adapted = connection.connection.dbapi_connection
-    if not adapted.readonly:
+    if adapted._transaction is not None:
+        return  # begun already: a nested session's SAVEPOINT
+    try:
+        await_only(_begin_read_only(adapted))
+    except Exception as error:
+        # SQLAlchemy's own error path: the driver error wrapped, a lost connection
+        # invalidated
+        connection._handle_dbapi_exception(error, "BEGIN READ ONLY", None, None, None)
+
+
+async def _begin_read_only(adapted: Any) -> None:
+    async with adapted._execute_mutex:  # the adapter's guard around its connection
+        if adapted._transaction is not None:
+            return
         adapted.readonly = True
-        connection.connection.info[_READ_ONLY] = True
-
-
-def _pg_reset(dbapi_connection: Any, record: Any, *args: Any) -> None:
-    # A pooled connection must not stay read-only for the next, read-write user.
-    if record.info.pop(_READ_ONLY, False) and dbapi_connection is not None:
-        dbapi_connection.readonly = False
+        try:
+            await adapted._start_transaction()
+        finally:
+            adapted.readonly = False
 
 
 @event.listens_for(_MySQLReadOnlySession, "after_begin")
@@ -98,8 +110,6 @@ def read_only_factory(
     backend = engine.dialect.name
     base: type[Session] = DbkeelSession
     if backend == "postgresql" and engine.dialect.driver == "asyncpg":
-        if not event.contains(engine.sync_engine.pool, "checkin", _pg_reset):
-            event.listen(engine.sync_engine.pool, "checkin", _pg_reset)
         base = _PGReadOnlySession
     elif backend == "postgresql":
         engine = engine.execution_options(postgresql_readonly=True)
