@@ -236,10 +236,8 @@ async def test_manual_promote_failover_loses_no_acknowledged_commit() -> None:
         rig.primary.psql(f"CREATE TABLE {TABLE} (id bigint NOT NULL)")
         await asyncio.to_thread(rig.wait_streaming)
         replica = rig.replicas[0]
-        deadline = time.monotonic() + 30  # the readers must not race the CREATE TABLE
-        while replica.psql(_HAS_TABLE) != "t":
-            assert time.monotonic() < deadline, f"{TABLE} not replayed on the replica in 30 s"
-            await asyncio.sleep(0.1)
+        # the readers must not race the CREATE TABLE
+        await asyncio.to_thread(rig.wait_replayed, _HAS_TABLE)
         ports = [rig.primary.port, replica.port]
         settings = _settings(ports, [replica.url()])
         async with DatabaseManager(settings) as db:
